@@ -1,0 +1,17 @@
+"""worldsdk: interactive world models distilled with Causal Forcing.
+
+    from worldsdk import World
+    world = World.load("pong")          # a shipped world, a path, or a preset name
+    frames = world.reset(prompt="pong, neon style", seed=0)
+    frames = world.step(action)
+
+Importing worldsdk registers the Gymnasium IDs `worldsdk/World-v0` and `worldsdk/RemoteWorld-v0`.
+"""
+
+from worldsdk.config import ActionSpec, ModelConfig, WorldSpec
+from worldsdk.world import World, WorldState, shipped_worlds
+
+import envs as _envs  # noqa: E402,F401  (registers the Gymnasium IDs; no other side effect)
+
+__all__ = ["ActionSpec", "ModelConfig", "World", "WorldSpec", "WorldState", "shipped_worlds"]
+__version__ = "0.1.0"

@@ -1,0 +1,163 @@
+"""The KV cache of a streaming world: clean history per layer plus the prompt's cross-attention K/V.
+
+Keys are stored *before* RoPE, one slot per latent frame in window order, so positions are slot
+indices: a rolling window (sink frames + most recent frames) shifts old frames out and the model
+never sees a frame position beyond the trained clip length. Memory is preallocated once, so an
+episode of any length runs in constant memory.
+
+Every batch item has its own committed length (items may have been reset at different times);
+attention reads the union of slots and masks each item's empty ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from worldsdk.config import ModelConfig
+
+
+@dataclass
+class KVCache:
+    """Per-layer self-attention K/V of committed clean frames, and per-layer text K/V.
+
+    keys[l], values[l]: (B, capacity_frames * tokens_per_frame, heads, head_dim), pre-RoPE.
+    lengths: committed frames held per item (<= capacity_frames).
+    total: frames committed per item since its reset (including evicted ones).
+    text_keys[l], text_values[l]: (B, text_len, heads, head_dim).
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    text_keys: list[torch.Tensor]
+    text_values: list[torch.Tensor]
+    lengths: list[int]
+    total: list[int]
+    tokens_per_frame: int
+    capacity_frames: int
+    sink_frames: int
+
+    @staticmethod
+    def empty(config: ModelConfig, batch_size: int, sink_frames: int = 1, device=None, dtype=torch.float32) -> "KVCache":
+        """A preallocated cache whose window holds latent_frames_max - frames_per_chunk frames."""
+        capacity = config.latent_frames_max - config.frames_per_chunk
+        if not 0 <= sink_frames < capacity:
+            raise ValueError(f"sink_frames must be in [0, {capacity}), got {sink_frames}")
+        shape = (batch_size, capacity * config.tokens_per_frame, config.num_heads, config.head_dim)
+        text_shape = (batch_size, config.text_len, config.num_heads, config.head_dim)
+        n = config.num_layers
+        return KVCache(
+            keys=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)],
+            values=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)],
+            text_keys=[torch.zeros(text_shape, device=device, dtype=dtype) for _ in range(n)],
+            text_values=[torch.zeros(text_shape, device=device, dtype=dtype) for _ in range(n)],
+            lengths=[0] * batch_size,
+            total=[0] * batch_size,
+            tokens_per_frame=config.tokens_per_frame,
+            capacity_frames=capacity,
+            sink_frames=sink_frames,
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.keys)
+
+    # -- reading -------------------------------------------------------------------------------------
+    def history(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Committed K/V of `layer`, up to the longest item: (B, max_len * T, H, D) each."""
+        n = max(self.lengths) * self.tokens_per_frame
+        return self.keys[layer][:, :n], self.values[layer][:, :n]
+
+    def positions(self, chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame positions of the chunk's queries (B, C) and of history + chunk keys (B, max_len + C)."""
+        device = self.keys[0].device
+        lengths = torch.tensor(self.lengths, device=device)
+        query = lengths[:, None] + torch.arange(chunk_frames, device=device)[None, :]
+        history = torch.arange(max(self.lengths), device=device)[None, :].expand(self.batch_size, -1)
+        return query, torch.cat([history, query], dim=1)
+
+    def key_mask(self, chunk_frames: int) -> torch.Tensor | None:
+        """(B, 1, 1, keys) bool mask of valid keys, or None when every item has the same length."""
+        if len(set(self.lengths)) == 1:
+            return None
+        device = self.keys[0].device
+        max_len = max(self.lengths)
+        slot = torch.arange(max_len, device=device)
+        valid = slot[None, :] < torch.tensor(self.lengths, device=device)[:, None]  # (B, max_len)
+        valid = torch.cat([valid, torch.ones(self.batch_size, chunk_frames, dtype=torch.bool, device=device)], 1)
+        return valid.repeat_interleave(self.tokens_per_frame, dim=1)[:, None, None, :]
+
+    # -- writing -------------------------------------------------------------------------------------
+    def commit(self, new_keys: list[torch.Tensor], new_values: list[torch.Tensor]) -> None:
+        """Append a chunk's clean K/V (per layer (B, C * T, H, D)), evicting old non-sink frames if full."""
+        chunk_frames = new_keys[0].shape[1] // self.tokens_per_frame
+        if chunk_frames > self.capacity_frames - self.sink_frames:
+            raise ValueError(f"a chunk of {chunk_frames} frames does not fit a window of {self.capacity_frames}")
+        t = self.tokens_per_frame
+        for b in range(self.batch_size):
+            overflow = self.lengths[b] + chunk_frames - self.capacity_frames
+            if overflow > 0:
+                self._evict(b, overflow)
+            start = self.lengths[b] * t
+            for layer in range(self.num_layers):
+                self.keys[layer][b, start : start + chunk_frames * t] = new_keys[layer][b]
+                self.values[layer][b, start : start + chunk_frames * t] = new_values[layer][b]
+            self.lengths[b] += chunk_frames
+            self.total[b] += chunk_frames
+
+    def _evict(self, b: int, frames: int) -> None:
+        """Drop the `frames` oldest frames after the sink frames of item b, shifting the rest left."""
+        t, s, n = self.tokens_per_frame, self.sink_frames, self.lengths[b]
+        keep_from = (s + frames) * t
+        end = n * t
+        for cache in (self.keys, self.values):
+            for layer in range(self.num_layers):
+                cache[layer][b, s * t : end - frames * t] = cache[layer][b, keep_from:end].clone()
+        self.lengths[b] = n - frames
+
+    def set_text(self, index: int, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        """Store the prompt's cross-attention K/V (per layer (text_len, H, D)) for item `index`."""
+        for layer in range(self.num_layers):
+            self.text_keys[layer][index] = keys[layer]
+            self.text_values[layer][index] = values[layer]
+
+    def clear(self, index: int) -> None:
+        """Forget item `index`'s history (its text K/V stay until replaced)."""
+        self.lengths[index] = 0
+        self.total[index] = 0
+
+    # -- batching --------------------------------------------------------------------------------------
+    @staticmethod
+    def stack(caches: list["KVCache"]) -> "KVCache":
+        """Concatenate caches along the batch (same model and window); copies the buffers."""
+        first = caches[0]
+        if any(c.capacity_frames != first.capacity_frames or c.num_layers != first.num_layers for c in caches):
+            raise ValueError("caches of different models or windows cannot be stacked")
+        cat = lambda attr: [torch.cat([getattr(c, attr)[l] for c in caches]) for l in range(first.num_layers)]  # noqa: E731
+        return KVCache(
+            keys=cat("keys"), values=cat("values"), text_keys=cat("text_keys"), text_values=cat("text_values"),
+            lengths=[n for c in caches for n in c.lengths], total=[n for c in caches for n in c.total],
+            tokens_per_frame=first.tokens_per_frame, capacity_frames=first.capacity_frames,
+            sink_frames=first.sink_frames,
+        )
+
+    def split(self) -> list["KVCache"]:
+        """One cache per batch item (views of this cache's buffers)."""
+        pick = lambda xs, b: [x[b : b + 1] for x in xs]  # noqa: E731
+        return [
+            KVCache(
+                keys=pick(self.keys, b), values=pick(self.values, b),
+                text_keys=pick(self.text_keys, b), text_values=pick(self.text_values, b),
+                lengths=[self.lengths[b]], total=[self.total[b]], tokens_per_frame=self.tokens_per_frame,
+                capacity_frames=self.capacity_frames, sink_frames=self.sink_frames,
+            )
+            for b in range(self.batch_size)
+        ]
+
+    def nbytes(self) -> int:
+        return sum(x.numel() * x.element_size() for xs in (self.keys, self.values, self.text_keys, self.text_values) for x in xs)

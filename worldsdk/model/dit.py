@@ -1,0 +1,296 @@
+"""The causal DiT (Wan2.1 layout) with per-latent-frame timestep and action modulation.
+
+Reads bottom-up: norms, attention, block, head, model. One set of layers, four entry points:
+  forward_bidirectional   full attention over a clip (teachers, critics)
+  forward_causal          block-causal attention over a clip (diffusion forcing, the causal student)
+  forward_teacher_forcing clean + noisy copies in one sequence, only the noisy half scored
+  denoise_chunk / commit_chunk  streaming one chunk against a KVCache
+
+Latents are (B, C, F, H, W); timesteps t = 1000 sigma are (B, F); text features are
+(B, text_len, text_dim); action features are (B, F, action_dim + 1), the last entry being 1 for a
+real action and 0 for "no action" (the unconditional input of guidance).
+Parameter names follow Wan2.1's DiT so that its checkpoints map one-to-one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from worldsdk.config import ModelConfig
+from worldsdk.model.cache import KVCache
+from worldsdk.model.masks import block_causal_mask, teacher_forcing_mask
+from worldsdk.model.rope import Rope3D, apply_rope
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
+    """Wan's 1D sinusoidal embedding: [cos(t w), sin(t w)], w = 10000^(-i / (dim / 2))."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = t.double()[..., None] * freqs
+    return torch.cat([angles.cos(), angles.sin()], dim=-1).float()
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """q (B, Lq, H, D), k/v (B, Lk, H, D), mask broadcastable to (B, H, Lq, Lk) -> (B, Lq, H * D)."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return out.transpose(1, 2).flatten(2)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_heads, self.head_dim = config.num_heads, config.head_dim
+        self.q = nn.Linear(config.dim, config.dim)
+        self.k = nn.Linear(config.dim, config.dim)
+        self.v = nn.Linear(config.dim, config.dim)
+        self.o = nn.Linear(config.dim, config.dim)
+        self.norm_q = RMSNorm(config.dim, config.eps)
+        self.norm_k = RMSNorm(config.dim, config.eps)
+
+    def forward(self, x, rope_q, rope_k, mask, past=None):
+        """Returns (output (B, L, dim), k, v of x pre-RoPE (B, L, H, D)). `past` = cached (k, v)."""
+        heads = (self.num_heads, self.head_dim)
+        q = self.norm_q(self.q(x)).unflatten(-1, heads)  # (B, L, H, D)
+        k = self.norm_k(self.k(x)).unflatten(-1, heads)
+        v = self.v(x).unflatten(-1, heads)
+        k_all, v_all = (k, v) if past is None else (torch.cat([past[0], k], 1), torch.cat([past[1], v], 1))
+        out = attention(apply_rope(q, rope_q), apply_rope(k_all, rope_k), v_all, mask)
+        return self.o(out), k, v
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_heads, self.head_dim = config.num_heads, config.head_dim
+        self.q = nn.Linear(config.dim, config.dim)
+        self.k = nn.Linear(config.dim, config.dim)
+        self.v = nn.Linear(config.dim, config.dim)
+        self.o = nn.Linear(config.dim, config.dim)
+        self.norm_q = RMSNorm(config.dim, config.eps)
+        self.norm_k = RMSNorm(config.dim, config.eps)
+
+    def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embedded text (B, Lt, dim) -> k, v (B, Lt, H, D): the per-prompt cross-attention cache."""
+        heads = (self.num_heads, self.head_dim)
+        return self.norm_k(self.k(context)).unflatten(-1, heads), self.v(context).unflatten(-1, heads)
+
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, self.head_dim))
+        return self.o(attention(q, kv[0], kv[1], None))
+
+
+class Block(nn.Module):
+    """adaLN transformer block: self-attention, cross-attention to text, GELU-tanh FFN."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        dim = config.dim
+        self.norm1 = nn.LayerNorm(dim, eps=config.eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(config)
+        self.norm3 = nn.LayerNorm(dim, eps=config.eps) if config.cross_attn_norm else nn.Identity()
+        self.cross_attn = CrossAttention(config)
+        self.norm2 = nn.LayerNorm(dim, eps=config.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(config.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(self, x, e, rope_q, rope_k, mask, text_kv, past=None):
+        """x (B, F * T, dim); e (B, F, 6, dim) per-frame modulation. Returns (x, k, v)."""
+        b, f = e.shape[:2]
+        mod = (self.modulation.unsqueeze(0) + e).unsqueeze(3)  # (B, F, 6, 1, dim)
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(2)  # each (B, F, 1, dim)
+        per_frame = lambda h: h.unflatten(1, (f, -1))  # (B, F * T, dim) -> (B, F, T, dim)  # noqa: E731
+        h = modulate(per_frame(self.norm1(x)), shift_sa, scale_sa).flatten(1, 2)
+        y, k, v = self.self_attn(h, rope_q, rope_k, mask, past)
+        x = x + (per_frame(y) * gate_sa).flatten(1, 2)
+        x = x + self.cross_attn(self.norm3(x), text_kv)
+        h = modulate(per_frame(self.norm2(x)), shift_ff, scale_ff).flatten(1, 2)
+        x = x + (per_frame(self.ffn(h)) * gate_ff).flatten(1, 2)
+        return x, k, v
+
+
+class Head(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(config.dim, eps=config.eps, elementwise_affine=False)
+        self.head = nn.Linear(config.dim, config.patch_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 2, config.dim) / config.dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """x (B, F * T, dim), e (B, F, dim) -> (B, F * T, patch_dim)."""
+        f = e.shape[1]
+        shift, scale = (self.modulation.unsqueeze(0) + e[:, :, None, :]).unsqueeze(3).unbind(2)  # (B, F, 1, dim)
+        return self.head(modulate(self.norm(x).unflatten(1, (f, -1)), shift, scale)).flatten(1, 2)
+
+
+class CausalDiT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        dim = config.dim
+        self.patch_embedding = nn.Conv3d(config.latent_channels, dim, kernel_size=config.patch, stride=config.patch)
+        self.text_embedding = nn.Sequential(nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.action_embedding = (
+            nn.Sequential(nn.Linear(config.action_dim + 1, dim), nn.SiLU(), nn.Linear(dim, dim)) if config.action_dim else None
+        )
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.num_layers)])
+        self.head = Head(config)
+        self.rope = Rope3D(config)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Wan2.1's init: xavier linears, small-normal embeddings, zero head and zero action output."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
+        for seq in (self.text_embedding, self.time_embedding):
+            for layer in seq:
+                if isinstance(layer, nn.Linear):
+                    nn.init.normal_(layer.weight, std=0.02)
+        nn.init.zeros_(self.head.head.weight)
+        if self.action_embedding is not None:  # a new action pathway starts as a no-op (adaLN-zero style)
+            nn.init.zeros_(self.action_embedding[-1].weight)
+
+    # -- shared pieces ------------------------------------------------------------------------------
+    def embed_text(self, text: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Text features (B, Lt, text_dim) -> per-layer cross-attention (k, v)."""
+        context = self.text_embedding(text)
+        return [block.cross_attn.text_kv(context) for block in self.blocks]
+
+    def _conditioning(self, t: torch.Tensor, actions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """t (B, F), actions (B, F, A + 1) -> e (B, F, dim) for the head, e0 (B, F, 6, dim) for blocks."""
+        e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t))  # (B, F, dim)
+        if self.action_embedding is not None:
+            if actions is None:
+                raise ValueError("this model is action-conditioned: pass action features (B, F, action_dim + 1)")
+            e = e + self.action_embedding(actions.to(e.dtype))
+        e0 = self.time_projection(e).unflatten(-1, (6, self.config.dim))  # (B, F, 6, dim)
+        return e, e0
+
+    def _patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, F, H, W) -> tokens (B, F * T, dim), frame-major."""
+        return self.patch_embedding(x).flatten(2).transpose(1, 2)
+
+    def _unpatchify(self, tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """(B, F * T, C * ph * pw) -> (B, C, F, H, W), Wan's (p, q, r, c) channel order."""
+        c = self.config.latent_channels
+        _, ph, pw = self.config.patch
+        gh, gw = self.config.grid
+        x = tokens.reshape(tokens.shape[0], num_frames, gh, gw, 1, ph, pw, c)  # (B, F, h, w, pt, ph, pw, C)
+        x = torch.einsum("bfhwpqrc->bcfphqwr", x)
+        return x.reshape(tokens.shape[0], c, num_frames, gh * ph, gw * pw)
+
+    def _check(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        cfg = self.config
+        if x.dim() != 5 or x.shape[1] != cfg.latent_channels or tuple(x.shape[3:]) != (cfg.latent_height, cfg.latent_width):
+            raise ValueError(
+                f"latents must be (B, {cfg.latent_channels}, F, {cfg.latent_height}, {cfg.latent_width}), got {tuple(x.shape)}"
+            )
+        if t.shape != x.shape[:1] + x.shape[2:3]:
+            raise ValueError(f"timesteps must be (B, F) = {tuple(x.shape[:1] + x.shape[2:3])}, got {tuple(t.shape)}")
+
+    def _sequence(self, x, t, text, actions, mask) -> torch.Tensor:
+        """Run a whole clip with a given token mask; returns v (B, C, F, H, W)."""
+        self._check(x, t)
+        b, _, f = x.shape[:3]
+        if f > self.config.latent_frames_max:
+            raise ValueError(f"clip of {f} latent frames exceeds the trained length {self.config.latent_frames_max}")
+        e, e0 = self._conditioning(t, actions)
+        rope = self.rope(torch.arange(f, device=x.device).expand(b, -1))
+        text_kv = self.embed_text(text)
+        h = self._patchify(x)
+        for block, kv in zip(self.blocks, text_kv):
+            h, _, _ = block(h, e0, rope, rope, mask, kv)
+        return self._unpatchify(self.head(h, e), f)
+
+    # -- whole-clip entry points -----------------------------------------------------------------------
+    def forward_bidirectional(self, x, t, text, actions=None) -> torch.Tensor:
+        """Full attention over the clip (bidirectional teachers and critics). Returns v."""
+        return self._sequence(x, t, text, actions, None)
+
+    def forward_causal(self, x, t, text, actions=None) -> torch.Tensor:
+        """Block-causal attention over chunks of frames_per_chunk frames. Returns v."""
+        cfg = self.config
+        mask = block_causal_mask(x.shape[2], cfg.frames_per_chunk, cfg.tokens_per_frame, x.device)
+        return self._sequence(x, t, text, actions, mask)
+
+    def forward_teacher_forcing(self, clean, noisy, t, text, actions=None) -> torch.Tensor:
+        """Teacher forcing (Causal Forcing stage 1): v for the noisy copy, each chunk seeing clean history.
+
+        clean, noisy: (B, C, F, H, W); t: (B, F) timesteps of the noisy copy (the clean copy has t = 0).
+        """
+        self._check(noisy, t)
+        cfg = self.config
+        b, _, f = noisy.shape[:3]
+        if f > cfg.latent_frames_max:
+            raise ValueError(f"clip of {f} latent frames exceeds the trained length {cfg.latent_frames_max}")
+        both_t = torch.cat([torch.zeros_like(t), t], dim=1)  # (B, 2F)
+        both_actions = None if actions is None else torch.cat([actions, actions], dim=1)
+        e, e0 = self._conditioning(both_t, both_actions)
+        positions = torch.arange(f, device=noisy.device)
+        rope = self.rope(torch.cat([positions, positions]).expand(b, -1))  # both copies share positions
+        mask = teacher_forcing_mask(f, cfg.frames_per_chunk, cfg.tokens_per_frame, noisy.device)
+        text_kv = self.embed_text(text)
+        h = torch.cat([self._patchify(clean), self._patchify(noisy)], dim=1)  # (B, 2 F T, dim)
+        for block, kv in zip(self.blocks, text_kv):
+            h, _, _ = block(h, e0, rope, rope, mask, kv)
+        half = f * cfg.tokens_per_frame
+        return self._unpatchify(self.head(h[:, half:], e[:, f:]), f)
+
+    # -- streaming entry points --------------------------------------------------------------------------
+    def _stream(self, x, t, actions, cache: KVCache, with_head: bool):
+        self._check(x, t)
+        b, _, f = x.shape[:3]
+        if b != cache.batch_size:
+            raise ValueError(f"batch of {b} latents against a cache of batch {cache.batch_size}")
+        e, e0 = self._conditioning(t, actions)
+        query_pos, key_pos = cache.positions(f)
+        rope_q, rope_k = self.rope(query_pos), self.rope(key_pos)
+        mask = cache.key_mask(f)
+        h = self._patchify(x)
+        new_k, new_v = [], []
+        for layer, block in enumerate(self.blocks):
+            text_kv = (cache.text_keys[layer], cache.text_values[layer])
+            h, k, v = block(h, e0, rope_q, rope_k, mask, text_kv, cache.history(layer))
+            new_k.append(k)
+            new_v.append(v)
+        out = self._unpatchify(self.head(h, e), f) if with_head else None
+        return out, new_k, new_v
+
+    def denoise_chunk(self, x, t, actions, cache: KVCache) -> torch.Tensor:
+        """v for one chunk (B, C, Fc, H, W) attending to the cached clean history and itself. Read-only."""
+        return self._stream(x, t, actions, cache, with_head=True)[0]
+
+    def commit_chunk(self, x, t, actions, cache: KVCache) -> None:
+        """Run a chunk (clean in inference, t = 0) and append its K/V to the cache."""
+        _, new_k, new_v = self._stream(x, t, actions, cache, with_head=False)
+        cache.commit(new_k, new_v)
+
+    def set_prompt(self, cache: KVCache, index: int, text: torch.Tensor) -> None:
+        """Write the cross-attention K/V of text features (1, Lt, text_dim) into cache item `index`."""
+        kv = self.embed_text(text)
+        cache.set_text(index, [k[0] for k, _ in kv], [v[0] for _, v in kv])
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+

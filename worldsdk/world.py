@@ -1,0 +1,322 @@
+"""World: model + frame autoencoder + text encoder + KV cache -> reset / step / set_prompt.
+
+A `WorldState` is one or more live sessions (batch items): their KV cache (with the prompt's
+cross-attention K/V), prompts, noise generators and step counts. It is explicit state, passed in
+and returned; `World` itself holds only weights. The simple single-session API (`reset`, `step`,
+`set_prompt`) keeps one state on the World for convenience.
+
+One step (per batch, one forward per pass): action features per latent frame -> 4 denoising
+passes against the cache (predict x0, re-noise with fresh noise) -> one commit pass at t = 0 that
+appends the clean chunk's K/V -> autoencoder decode -> uint8 frames (B, chunk, H, W, 3).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from worldsdk import checkpoint
+from worldsdk.autoencoder import AUTOENCODER_PRESETS, AutoencoderConfig, FrameAutoencoder
+from worldsdk.config import MODEL_PRESETS, ModelConfig, WorldSpec, preset
+from worldsdk.diffusion import sample_few_step, warped_sigmas
+from worldsdk.model import ByteTextConfig, ByteTextEncoder, CausalDiT, KVCache
+
+log = logging.getLogger(__name__)
+
+SHIPPED_WORLDS_DIR = Path(__file__).parent / "worlds"
+
+
+def shipped_worlds() -> list[str]:
+    """Names of the trained worlds that ship inside the package."""
+    return sorted(p.stem for p in SHIPPED_WORLDS_DIR.glob("*.safetensors"))
+
+
+def _fresh_seed() -> int:
+    return int(np.random.SeedSequence().generate_state(1)[0])
+
+
+@dataclass
+class WorldState:
+    """Live sessions of a world: one KV cache batch plus per-item prompt, noise generator and step count."""
+
+    cache: KVCache
+    prompts: list[str]
+    generators: list[torch.Generator]
+    steps: list[int]
+    seeds: list[int]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.prompts)
+
+    @staticmethod
+    def stack(states: Sequence["WorldState"]) -> "WorldState":
+        """One batched state from several (their caches are copied into one batch)."""
+        return WorldState(
+            cache=KVCache.stack([s.cache for s in states]),
+            prompts=[p for s in states for p in s.prompts],
+            generators=[g for s in states for g in s.generators],
+            steps=[n for s in states for n in s.steps],
+            seeds=[n for s in states for n in s.seeds],
+        )
+
+    def split(self) -> list["WorldState"]:
+        """One state per batch item (sharing this state's buffers)."""
+        return [
+            WorldState(cache=c, prompts=[self.prompts[b]], generators=[self.generators[b]], steps=[self.steps[b]],
+                       seeds=[self.seeds[b]])
+            for b, c in enumerate(self.cache.split())
+        ]
+
+
+class World:
+    """A playable world. `World.load(name_or_path)` opens a trained one; `World.from_preset` a random one."""
+
+    def __init__(self, model: CausalDiT, autoencoder: FrameAutoencoder, text_encoder: ByteTextEncoder,
+                 spec: WorldSpec, device: str | torch.device = "cpu", info: dict | None = None):
+        mc = model.config
+        ac = autoencoder.config
+        if mc.latent_channels != ac.latent_channels or (mc.latent_height * ac.stride, mc.latent_width * ac.stride) != (spec.height, spec.width):
+            raise ValueError(
+                f"model latents {mc.latent_channels}x{mc.latent_height}x{mc.latent_width} with autoencoder stride "
+                f"{ac.stride} do not give the spec's {spec.height}x{spec.width} frames"
+            )
+        if mc.action_dim and mc.action_dim != spec.action.feature_dim:
+            raise ValueError(f"model expects {mc.action_dim} action features, the spec's action space gives {spec.action.feature_dim}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.autoencoder = autoencoder.to(self.device).eval()
+        self.text_encoder = text_encoder.to(self.device).eval()
+        self.spec = spec
+        self.info = dict(info or {})
+        self.sigmas = warped_sigmas(spec.denoising_steps, spec.timestep_shift).to(self.device)
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.state: WorldState | None = None
+
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, seed: int = 0, device: str | torch.device = "cpu") -> "World":
+        """A world of a named preset with random (untrained) weights, seeded."""
+        model_config, spec = preset(name)
+        ae_config = AUTOENCODER_PRESETS.get(name, AutoencoderConfig(latent_channels=model_config.latent_channels, num_down=3))
+        torch.manual_seed(seed)
+        model = CausalDiT(model_config)
+        autoencoder = FrameAutoencoder(ae_config)
+        text = ByteTextEncoder(_text_config(model_config))
+        return cls(model, autoencoder, text, spec, device, info={"source": f"preset:{name}", "trained": False})
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, device: str | torch.device = "cpu") -> "World":
+        """Open a world: a path to a .safetensors world file, a shipped world's name, or a preset name (random weights)."""
+        path = Path(name_or_path)
+        if not path.is_file():
+            shipped = SHIPPED_WORLDS_DIR / f"{name_or_path}.safetensors"
+            if shipped.is_file():
+                path = shipped
+            elif str(name_or_path) in MODEL_PRESETS:
+                log.warning("world %r is a preset: random, untrained weights", str(name_or_path))
+                return cls.from_preset(str(name_or_path), device=device)
+            else:
+                raise FileNotFoundError(
+                    f"no world {str(name_or_path)!r}: not a file, not a shipped world {shipped_worlds()}, "
+                    f"not a preset {sorted(MODEL_PRESETS)}"
+                )
+        tensors, meta = checkpoint.read(path)
+        try:
+            model_config = ModelConfig.from_dict(meta["model_config"])
+            spec = WorldSpec.from_dict(meta["world_spec"])
+            ae_config = AutoencoderConfig.from_dict(meta["autoencoder_config"])
+            text_config = ByteTextConfig.from_dict(meta["text_encoder_config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise checkpoint.CheckpointError(f"{path}: invalid or missing config in metadata: {exc}") from exc
+        model, autoencoder, text = CausalDiT(model_config), FrameAutoencoder(ae_config), ByteTextEncoder(text_config)
+        for module, prefix in ((model, "model"), (autoencoder, "autoencoder"), (text, "text_encoder")):
+            checkpoint.load_state(module, checkpoint.split_prefix(tensors, prefix), path, prefix)
+        info = dict(meta.get("info", {}), source=str(path), trained=meta.get("info", {}).get("trained", True))
+        return cls(model, autoencoder, text, spec, device, info=info)
+
+    def save(self, path: str | Path, info: dict | None = None) -> Path:
+        """Write this world (weights, configs, spec, info) to one safetensors file."""
+        tensors = {}
+        for module, prefix in ((self.model, "model"), (self.autoencoder, "autoencoder"), (self.text_encoder, "text_encoder")):
+            tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
+        meta = {
+            "format": checkpoint.FORMAT, "format_version": checkpoint.FORMAT_VERSION,
+            "model_config": self.model.config.to_dict(), "world_spec": self.spec.to_dict(),
+            "autoencoder_config": self.autoencoder.config.to_dict(), "text_encoder_config": self.text_encoder.config.to_dict(),
+            "info": {**self.info, **(info or {})},
+        }
+        return checkpoint.atomic_save(tensors, meta, path)
+
+    # -- shapes ------------------------------------------------------------------------------------------
+    @property
+    def chunk_frames(self) -> int:
+        """Pixel frames returned by one step."""
+        return self.model.config.frames_per_chunk * self.autoencoder.config.temporal_stride
+
+    @property
+    def observation_shape(self) -> tuple[int, int, int, int]:
+        return (self.chunk_frames, self.spec.height, self.spec.width, 3)
+
+    @property
+    def action_space(self):
+        return self.spec.action.to_space()
+
+    # -- batched sessions ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def init_state(self, batch_size: int = 1, prompts: Sequence[str] | str | None = None,
+                   seeds: Sequence[int | None] | int | None = None,
+                   contexts: Sequence[np.ndarray | None] | None = None) -> tuple[np.ndarray, WorldState]:
+        """Start `batch_size` sessions. Returns their first frames (B, chunk, H, W, 3) and the state.
+
+        A session with context frames (uint8 (N, H, W, 3), N >= chunk) continues from them and its first
+        frames are the last chunk of the context; one without generates a first chunk under the no-op action.
+        """
+        prompts = _per_item(prompts, batch_size, self.spec.default_prompt, "prompts")
+        seeds = _per_item(seeds, batch_size, None, "seeds")
+        contexts = _per_item(contexts, batch_size, None, "contexts")
+        singles = [self._empty_state(p, _fresh_seed() if s is None else int(s)) for p, s in zip(prompts, seeds)]
+        frames: list[np.ndarray | None] = [None] * batch_size
+        for b, context in enumerate(contexts):
+            if context is not None:
+                frames[b] = self._commit_context(singles[b], context)
+        fresh = [b for b in range(batch_size) if frames[b] is None]
+        if fresh:
+            noop = self.spec.action.noop_action()
+            generated, state = self.step_state(WorldState.stack([singles[b] for b in fresh]), [noop] * len(fresh))
+            for i, (b, single) in enumerate(zip(fresh, state.split())):
+                frames[b], singles[b] = generated[i], single
+        return np.stack(frames), WorldState.stack(singles)
+
+    @torch.inference_mode()
+    def step_state(self, state: WorldState, actions: Sequence[Any]) -> tuple[np.ndarray, WorldState]:
+        """Advance every session by one chunk under its action, in one batched forward per pass."""
+        if len(actions) != state.batch_size:
+            raise ValueError(f"got {len(actions)} actions for {state.batch_size} sessions")
+        features = self._action_features(actions)
+        cfg = self.model.config
+        shape = (cfg.latent_channels, cfg.frames_per_chunk, cfg.latent_height, cfg.latent_width)
+        noise = lambda: torch.stack([torch.randn(shape, generator=g) for g in state.generators]).to(self.device)  # noqa: E731
+        t_chunk = lambda sigma: torch.full((state.batch_size, cfg.frames_per_chunk), float(sigma) * 1000.0, device=self.device)  # noqa: E731
+
+        def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            v = self.model.denoise_chunk(x, t_chunk(sigma), features, state.cache)
+            return x - sigma * v
+
+        x0 = sample_few_step(denoise, noise(), self.sigmas, noise)
+        self.model.commit_chunk(x0, t_chunk(0.0), features, state.cache)
+        for b in range(state.batch_size):
+            state.steps[b] += 1
+        return self._decode(x0), state
+
+    @torch.inference_mode()
+    def prompt_state(self, state: WorldState, prompts: Sequence[str] | str, indices: Sequence[int] | None = None) -> WorldState:
+        """Switch the prompt of some sessions (all by default) from their next step on."""
+        indices = list(range(state.batch_size)) if indices is None else list(indices)
+        prompts = _per_item(prompts, len(indices), None, "prompts")
+        for b, prompt in zip(indices, prompts):
+            if not isinstance(prompt, str):
+                raise TypeError(f"a prompt must be a str, got {type(prompt).__name__}")
+            self.model.set_prompt(state.cache, b, self._encode_text(prompt))
+            state.prompts[b] = prompt
+        return state
+
+    # -- the single default session --------------------------------------------------------------------
+    def reset(self, prompt: str | None = None, seed: int | None = None, context: np.ndarray | None = None) -> np.ndarray:
+        """Start a new episode; returns its first frames (chunk, H, W, 3) uint8."""
+        frames, self.state = self.init_state(1, [prompt], [seed], [context])
+        return frames[0]
+
+    def step(self, action) -> np.ndarray:
+        """Advance one chunk under `action`; returns frames (chunk, H, W, 3) uint8."""
+        if self.state is None:
+            self.reset()
+        frames, self.state = self.step_state(self.state, [action])
+        return frames[0]
+
+    def set_prompt(self, text: str) -> None:
+        """Change what the world shows from the next step on, keeping its history."""
+        if self.state is None:
+            self.reset(prompt=text)
+            return
+        self.state = self.prompt_state(self.state, [text])
+
+    @property
+    def prompt(self) -> str | None:
+        return None if self.state is None else self.state.prompts[0]
+
+    # -- internals ----------------------------------------------------------------------------------------
+    def _empty_state(self, prompt: str, seed: int) -> WorldState:
+        param = next(self.model.parameters())
+        cache = KVCache.empty(self.model.config, 1, self.spec.sink_frames, device=self.device, dtype=param.dtype)
+        state = WorldState(cache, [prompt], [torch.Generator().manual_seed(seed)], [0], [seed])
+        return self.prompt_state(state, [prompt])
+
+    def _encode_text(self, prompt: str) -> torch.Tensor:
+        if prompt not in self._text_cache:
+            self._text_cache[prompt] = self.text_encoder.encode([prompt])
+            if len(self._text_cache) > 256:
+                self._text_cache.popitem(last=False)
+        self._text_cache.move_to_end(prompt)
+        return self._text_cache[prompt]
+
+    def _action_features(self, actions: Sequence[Any]) -> torch.Tensor | None:
+        """Validated actions -> (B, frames_per_chunk, action_dim + 1) features, the last entry flagging "real action"."""
+        for a in actions:
+            self.spec.action.validate(a)
+        if not self.model.config.action_dim:
+            return None
+        feats = np.stack([np.append(self.spec.action.encode(a), 1.0) for a in actions]).astype(np.float32)
+        feats = torch.from_numpy(feats).to(self.device)
+        return feats[:, None, :].expand(-1, self.model.config.frames_per_chunk, -1)
+
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+        """(B, C, F, h, w) normalised latents -> uint8 (B, F, H, W, 3)."""
+        b, _, f = latents.shape[:3]
+        flat = latents.transpose(1, 2).flatten(0, 1)  # (B * F, C, h, w)
+        return self.autoencoder.decode(flat).reshape(b, f, self.spec.height, self.spec.width, 3).cpu().numpy()
+
+    def _commit_context(self, state: WorldState, context: np.ndarray) -> np.ndarray:
+        """Encode real frames and commit them as clean history (no action). Returns the last chunk of them."""
+        context = np.asarray(context)
+        expected = (self.spec.height, self.spec.width, 3)
+        if context.dtype != np.uint8 or context.ndim != 4 or context.shape[1:] != expected:
+            raise ValueError(f"context must be uint8 frames (N, {expected[0]}, {expected[1]}, 3), got {context.dtype} {context.shape}")
+        chunk = self.chunk_frames
+        usable = (len(context) // chunk) * chunk
+        if usable == 0:
+            raise ValueError(f"context needs at least {chunk} frames (one chunk), got {len(context)}")
+        context = context[len(context) - usable :]  # keep the most recent whole chunks
+        latents = self.autoencoder.encode(torch.from_numpy(context).to(self.device))  # (N, C, h, w)
+        latents = latents.transpose(0, 1).unsqueeze(0)  # (1, C, N, h, w)
+        cfg = self.model.config
+        null = None if not cfg.action_dim else torch.zeros(1, cfg.frames_per_chunk, cfg.action_dim + 1, device=self.device)
+        for start in range(0, latents.shape[2], cfg.frames_per_chunk):
+            x = latents[:, :, start : start + cfg.frames_per_chunk].to(next(self.model.parameters()).dtype)
+            self.model.commit_chunk(x, torch.zeros(1, cfg.frames_per_chunk, device=self.device), null, state.cache)
+        return context[-chunk:].copy()
+
+
+def _text_config(model_config: ModelConfig) -> ByteTextConfig:
+    width = min(model_config.text_dim, 256)
+    heads = 4 if width >= 64 else 2
+    return ByteTextConfig(text_len=model_config.text_len, text_dim=model_config.text_dim, num_layers=2, num_heads=heads,
+                          width=0 if width == model_config.text_dim else width)
+
+
+def _per_item(values, n: int, default, what: str) -> list:
+    """Broadcast None, one value (a str, an int, or one context array (N, H, W, 3)) or a sequence of n values to n items."""
+    if values is None:
+        return [default] * n
+    if isinstance(values, (str, int, np.integer)) or (isinstance(values, np.ndarray) and values.ndim == 4):
+        return [values] * n
+    values = list(values)
+    if len(values) != n:
+        raise ValueError(f"expected {n} {what}, got {len(values)}")
+    return [default if v is None else v for v in values]
