@@ -157,6 +157,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self._state: WorldState | None = None
         self._frames: np.ndarray | None = None
         self._needs_reset = np.zeros(num_envs, dtype=bool)
+        self._episode_steps = np.zeros(num_envs, dtype=np.int64)
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -164,6 +165,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         seeds = [int(s) for s in self.np_random.integers(0, 2**31 - 1, size=self.num_envs)]
         self._frames, self._state = self.world.init_state(self.num_envs, options.get("prompt", self.prompt), seeds)
         self._needs_reset[:] = False
+        self._episode_steps[:] = 0
         return self._frames, {}
 
     def step(self, actions):
@@ -171,6 +173,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
             raise gym.error.ResetNeeded("call reset() before step()")
         per_env = list(gym.vector.utils.iterate(self.action_space, actions))
         frames, self._state = self.world.step_state(self._state, per_env)
+        self._episode_steps += 1
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
@@ -180,9 +183,10 @@ class WorldVectorEnv(gym.vector.VectorEnv):
                 seed = int(self.np_random.integers(0, 2**31 - 1))
                 first, parts[b] = self.world.init_state(1, self.prompt, seed)
                 frames[b] = first[0]
+                self._episode_steps[b] = 0
             self._state = WorldState.stack(parts)
         if self.max_episode_steps is not None:
-            truncated = np.array([n >= self.max_episode_steps for n in self._state.steps]) & ~self._needs_reset
+            truncated = (self._episode_steps >= self.max_episode_steps) & ~self._needs_reset
         self._needs_reset = terminated | truncated
         self._frames = frames
         return frames, rewards, terminated, truncated, {"reward_predicted": np.zeros(self.num_envs, dtype=bool)}

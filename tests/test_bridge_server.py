@@ -1,0 +1,292 @@
+"""Bridge contract: a world served over ZeroMQ answers exactly as the same world in-process."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from worldsdk import World
+from worldsdk.bridge import AuthenticationError, Client, ProtocolError, Server, SessionLostError
+from worldsdk.bridge import protocol as P
+from worldsdk.bridge.cli import generate_keys
+from worldsdk.bridge.testing import NoiseWorld
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the machine is shared: keep the tests at one core
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return World.from_preset("tiny", seed=0)
+
+
+@pytest.fixture
+def reference():
+    """The same world (same weights), in-process, for comparing frames."""
+    return World.from_preset("tiny", seed=0)
+
+
+@pytest.fixture
+def server(world):
+    with Server(world, "tcp://127.0.0.1:*").start() as server:
+        yield server
+
+
+class RawPeer:
+    """A bare DEALER socket, to send what the Python client never would."""
+
+    def __init__(self, address: str):
+        self.socket = zmq.Context.instance().socket(zmq.DEALER)
+        self.socket.linger = 0
+        self.socket.connect(address)
+
+    def request(self, header: dict, *payload: bytes, timeout_ms: int = 5000) -> tuple[dict, list[bytes]]:
+        self.socket.send_multipart([msgpack.packb(header), *payload])
+        assert self.socket.poll(timeout_ms), f"no reply to {header}"
+        parts = self.socket.recv_multipart()
+        return msgpack.unpackb(parts[0]), parts[1:]
+
+    def close(self):
+        self.socket.close()
+
+
+def test_hello_reports_the_world_and_protocol(server, world):
+    with Client(server.address, timeout_ms=5000) as client:
+        info = client.hello()
+    assert info.protocol == P.PROTOCOL_VERSION
+    assert info.spec == world.spec
+    assert info.observation_shape == world.observation_shape and info.chunk_frames == world.chunk_frames
+    assert info.action_space == world.action_space
+    assert "raw" in info.codecs and info.lease_s == server.lease_s
+
+
+def test_frames_equal_the_world_in_process(server, reference):
+    with Client(server.address, timeout_ms=5000) as client:
+        client.hello()
+        got = [client.reset(prompt="pong, neon style", seed=7)]
+        got += [client.step(a) for a in (0, 2, np.int64(3), "left", "space")]
+        client.set_prompt("breakout, grey")
+        got += [client.step(a) for a in (1, 5)]
+        assert client.chunk == 7
+    want = [reference.reset(prompt="pong, neon style", seed=7)]
+    want += [reference.step(a) for a in (0, 2, 3, 3, 1)]
+    reference.set_prompt("breakout, grey")
+    want += [reference.step(a) for a in (1, 5)]
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.dtype == np.uint8 and g.shape == w.shape
+        np.testing.assert_array_equal(g, w, err_msg=f"chunk {i}")
+
+
+def test_reset_with_context_continues_from_real_frames(server, reference):
+    context = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    with Client(server.address, timeout_ms=5000) as client:
+        first = client.reset(seed=3, context=context)
+        after = client.step(2)
+    np.testing.assert_array_equal(first, reference.reset(seed=3, context=context))
+    np.testing.assert_array_equal(after, reference.step(2))
+    with Client(server.address, timeout_ms=5000) as client, pytest.raises(ProtocolError, match="context"):
+        client.reset(context=context[:, :16])
+
+
+def test_bad_action_is_refused_and_the_session_goes_on(server, reference):
+    with Client(server.address, timeout_ms=5000) as client:
+        client.reset(seed=1)
+        with pytest.raises(ProtocolError) as info:
+            client.step(9)
+        assert info.value.code == P.BAD_ACTION and "Discrete(6)" in info.value.message
+        with pytest.raises(ProtocolError, match="key map"):
+            client.step("jump")
+        frames = client.step(4)
+    reference.reset(seed=1)
+    np.testing.assert_array_equal(frames, reference.step(4))
+
+
+def test_another_major_version_is_refused_at_the_handshake(server):
+    peer = RawPeer(server.address)
+    reply, _ = peer.request({"type": "hello", "id": 1, "v": [P.PROTOCOL_VERSION[0] + 1, 0]})
+    assert reply["type"] == "error" and reply["code"] == P.VERSION_MISMATCH and reply["id"] == 1
+    assert f"{P.PROTOCOL_VERSION[0] + 1}.0" in reply["message"]
+    reply, _ = peer.request({"type": "hello", "id": 2, "v": [P.PROTOCOL_VERSION[0], 99]})
+    assert reply["type"] == "hello" and reply["v"] == list(P.PROTOCOL_VERSION)
+    peer.close()
+
+
+def test_a_client_can_act_only_on_its_own_sessions(server):
+    with Client(server.address, timeout_ms=5000) as owner:
+        owner.reset(seed=0)
+        intruder = RawPeer(server.address)
+        for header in (
+            {"type": "step", "id": 1, "session": owner.session, "action": 0},
+            {"type": "set_prompt", "id": 2, "session": owner.session, "prompt": "stolen"},
+            {"type": "close", "id": 3, "session": owner.session},
+            {"type": "reset", "id": 4, "session": owner.session},
+        ):
+            reply, parts = intruder.request(header)
+            assert reply["code"] == P.UNKNOWN_SESSION and not parts
+        intruder.close()
+        owner.step(1)
+        assert owner.chunk == 1 and len(server.sessions) == 1
+
+
+def test_close_frees_the_session(server):
+    client = Client(server.address, timeout_ms=5000)
+    client.reset(seed=0)
+    assert len(server.sessions) == 1
+    session = client.session
+    client.close()
+    client.close()
+    assert len(server.sessions) == 0
+    peer = RawPeer(server.address)
+    reply, _ = peer.request({"type": "step", "id": 1, "session": session, "action": 0})
+    assert reply["code"] == P.UNKNOWN_SESSION
+    peer.close()
+
+
+def test_a_retried_request_is_answered_once(server):
+    peer = RawPeer(server.address)
+    reply, _ = peer.request({"type": "reset", "id": 1, "seed": 5})
+    step = {"type": "step", "id": 2, "session": reply["session"], "action": 1}
+    first, frames1 = peer.request(step)
+    again, frames2 = peer.request(step)
+    assert first == again and first["chunk"] == 1 and frames1 == frames2
+    assert server.sessions[reply["session"]].chunks == 1
+    peer.close()
+
+
+def test_steps_waiting_together_run_as_one_forward():
+    world = NoiseWorld(16, 16, 2, step_seconds=0.3)
+    with Server(world, "tcp://127.0.0.1:*").start() as server:
+        peers = [RawPeer(server.address) for _ in range(4)]
+        sessions = [peer.request({"type": "reset", "id": 1, "seed": i})[0]["session"] for i, peer in enumerate(peers)]
+        server.batch_sizes.clear()
+        peers[0].socket.send(msgpack.packb({"type": "step", "id": 2, "session": sessions[0], "action": 0}))
+        time.sleep(0.1)  # the server is now inside the first forward; the next three wait together
+        for peer, session in zip(peers[1:], sessions[1:]):
+            peer.socket.send(msgpack.packb({"type": "step", "id": 2, "session": session, "action": 1}))
+        replies = []
+        for peer in peers:
+            assert peer.socket.poll(5000)
+            replies.append(peer.socket.recv_multipart())
+        assert dict(server.batch_sizes) == {1: 1, 3: 1}
+        want, _ = world.step_state(world.init_state(1, seeds=[2])[1], [1])
+        np.testing.assert_array_equal(P.decode_frames(msgpack.unpackb(replies[2][0])["frames"], replies[2][1:]), want[0])
+        for peer in peers:
+            peer.close()
+
+
+def test_max_sessions_is_enforced(world):
+    with Server(world, "tcp://127.0.0.1:*", max_sessions=2).start() as server:
+        clients = [Client(server.address, timeout_ms=5000) for _ in range(3)]
+        clients[0].reset(seed=0)
+        clients[1].reset(seed=1)
+        with pytest.raises(ProtocolError) as info:
+            clients[2].reset(seed=2)
+        assert info.value.code == P.BUSY
+        clients[0].close()
+        clients[2].reset(seed=2)
+        for client in clients:
+            client.close()
+
+
+KILLED_CLIENT = """
+import sys, time
+from worldsdk.bridge import Client
+client = Client(sys.argv[1], timeout_ms=10000)
+client.reset(seed=0)
+client.step(1)
+print(client.session, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_client_loses_its_session_within_the_lease(world):
+    lease = 1.0
+    with Server(world, "tcp://127.0.0.1:*", lease_s=lease).start() as server:
+        env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        child = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, server.address], stdout=subprocess.PIPE, env=env, text=True)
+        try:
+            session = child.stdout.readline().strip()
+            assert session in server.sessions
+            child.kill()
+            killed = time.monotonic()
+            child.wait()
+            while len(server.sessions) and time.monotonic() - killed < lease + 2.0:
+                time.sleep(0.05)
+            freed_after = time.monotonic() - killed
+        finally:
+            child.kill()
+            child.stdout.close()
+        assert len(server.sessions) == 0 and not server.peers
+        assert freed_after <= lease + 0.3  # lease + one poll period
+
+
+def test_a_restarted_server_says_session_lost_and_the_client_starts_again(world, reference):
+    first = Server(world, "tcp://127.0.0.1:*").start()
+    address = first.address
+    client = Client(address, timeout_ms=5000)
+    client.reset(seed=4)
+    client.step(0)
+    first.stop()
+    with Server(world, address).start():
+        with pytest.raises(SessionLostError, match="reset"):
+            client.step(0)
+        frames = client.reset(seed=4)
+        assert client.chunk == 0
+        np.testing.assert_array_equal(frames, reference.reset(seed=4))
+        client.close()
+
+
+def test_curve_lets_in_known_keys_only(world, tmp_path):
+    keys = generate_keys(tmp_path / "keys")
+    stranger = generate_keys(tmp_path / "stranger")
+    server = Server(world, "tcp://127.0.0.1:*", curve_secret_key=keys["server_secret"], curve_clients_dir=keys["clients_dir"])
+    with server.start():
+        with Client(server.address, timeout_ms=5000, curve_server_key=keys["server_public"], curve_client_key=keys["client_secret"]) as good:
+            assert good.reset(seed=0).shape == world.observation_shape
+        wrong = Client(server.address, timeout_ms=5000, retries=0, curve_server_key=keys["server_public"],
+                       curve_client_key=stranger["client_secret"])
+        with pytest.raises(AuthenticationError, match="refused"):
+            wrong.hello()
+        wrong.close()
+        plain = Client(server.address, timeout_ms=5000, retries=0)
+        with pytest.raises(AuthenticationError):
+            plain.hello()
+        plain.close()
+        assert len(server.sessions) == 0
+
+
+def test_serve_command_refuses_to_bind_beyond_localhost_without_curve():
+    from worldsdk.cli import main
+
+    assert main(["serve", "--world", "tiny", "--bind", "tcp://0.0.0.0:5599"]) == 2
+
+
+def test_serve_command_serves(tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    child = subprocess.Popen([sys.executable, "-m", "worldsdk.cli", "serve", "--world", "tiny", "--bind", "tcp://127.0.0.1:*",
+                              "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    try:
+        line = child.stdout.readline()
+        address = line.split(" on ")[1].split()[0]
+        with Client(address, timeout_ms=10000) as client:
+            assert client.hello().spec.name == "tiny"
+            assert client.reset(seed=0).shape == (2, 32, 32, 3)
+            assert client.step("left").shape == (2, 32, 32, 3)
+    finally:
+        child.terminate()
+        child.wait(10)
+        child.stdout.close()
