@@ -1,0 +1,177 @@
+"""Causal Forcing objectives checked against their definitions on the tiny model."""
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+
+from tests.conftest import perturb_
+from trainers import objectives as O
+from worldsdk import diffusion as D
+from worldsdk.config import MODEL_PRESETS
+from worldsdk.model import CausalDiT
+
+
+def tiny(seed=0, **kw):
+    torch.manual_seed(seed)
+    return perturb_(CausalDiT(replace(MODEL_PRESETS["tiny"], **kw)), seed=seed)
+
+
+def batch(model, b=2, seed=1):
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(b, cfg.latent_channels, cfg.latent_frames_max, cfg.latent_height, cfg.latent_width, generator=g)
+    text = torch.randn(b, cfg.text_len, cfg.text_dim, generator=g)
+    actions = torch.zeros(b, cfg.latent_frames_max, cfg.action_dim + 1)
+    actions[..., torch.randint(0, cfg.action_dim, (1,), generator=g)] = 1.0
+    actions[..., -1] = 1.0
+    return x0, O.Conditioning(text, actions)
+
+
+def test_chunk_sigmas_are_constant_within_chunks_and_on_the_grid():
+    torch.manual_seed(0)
+    s = O.chunk_sigmas(3, 8, 2, 5.0, "cpu")
+    assert torch.equal(s[:, 0::2], s[:, 1::2])
+    grid = D.training_sigmas(5.0)
+    assert all(bool((grid == v).any()) for v in s.flatten())
+    u = O.chunk_sigmas(3, 8, 2, 5.0, "cpu", uniform=True)
+    assert bool((u == u[:, :1]).all())
+
+
+def test_student_states_sit_on_the_euler_grid():
+    assert O.student_state_indices(48, (1000, 750, 500, 250)) == [0, 12, 24, 36]
+
+
+@torch.no_grad()
+def test_causal_ode_pairs_follow_the_teacher_forcing_definition():
+    teacher = tiny().eval()
+    x0, cond = batch(teacher)
+    steps, guidance = 8, 2.0
+    torch.manual_seed(5)
+    states, endpoint = O.causal_ode_pairs(teacher, x0, cond, steps, guidance, nominal_steps=(1000, 500))
+    # Reference: each chunk integrated alone with the full teacher-forcing forward, GT as clean copy.
+    torch.manual_seed(5)
+    sigmas = D.euler_sigmas(steps)
+    fc, f = teacher.config.frames_per_chunk, x0.shape[2]
+    null = cond.null()
+    ref_end = torch.zeros_like(x0)
+    ref_states = torch.zeros_like(states)
+    for start in range(0, f, fc):
+        x = torch.randn_like(x0[:, :, start : start + fc])
+        for i in range(steps):
+            if i in (0, 4):
+                ref_states[:, (0, 4).index(i), :, start : start + fc] = x
+            noisy = torch.zeros_like(x0)  # later chunks are masked out; their content must not matter
+            noisy[:, :, start : start + fc] = x
+            t = torch.full(x0.shape[:1] + x0.shape[2:3], float(sigmas[i]) * 1000)
+            v_c = teacher.forward_teacher_forcing(x0, noisy, t, cond.text, cond.actions)[:, :, start : start + fc]
+            v_u = teacher.forward_teacher_forcing(x0, noisy, t, null.text, null.actions)[:, :, start : start + fc]
+            x = x + (sigmas[i + 1] - sigmas[i]) * D.cfg(v_c, v_u, guidance)
+        ref_end[:, :, start : start + fc] = x
+    assert (endpoint - ref_end).abs().max() < 1e-4
+    assert (states - ref_states).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("mode", O.TEACHER_MODES)
+def test_teacher_loss_falls_when_overfitting_one_batch(mode):
+    model = tiny().train()
+    x0, cond = batch(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for step in range(40):
+        torch.manual_seed(step % 2)  # two fixed noise draws: a fixed, learnable target
+        loss, logs = O.teacher_loss(model, x0, cond, mode)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-4:]) / 4 < 0.6 * sum(losses[:4]) / 4
+    with pytest.raises(ValueError, match="teacher mode"):
+        O.teacher_loss(model, x0, cond, "nope")
+
+
+def test_ode_regression_and_consistency_losses_fall():
+    student = tiny(1).train()
+    teacher = tiny(2).eval()
+    x0, cond = batch(student)
+    torch.manual_seed(0)
+    states, endpoint = O.causal_ode_pairs(teacher, x0, cond, 8, 1.0, nominal_steps=(1000, 500))
+    sig = D.euler_sigmas(8)[[0, 4]]
+    for causal in (True, False):
+        model = copy.deepcopy(student)
+        opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+        losses = []
+        for step in range(30):
+            torch.manual_seed(step % 2)
+            loss, _ = O.ode_regression_loss(model, states, endpoint, x0, cond, sig, causal=causal)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert losses[-1] < 0.6 * losses[0]
+    target = copy.deepcopy(student).eval()
+    opt = torch.optim.AdamW(student.parameters(), lr=2e-3)
+    losses = []
+    for step in range(30):
+        torch.manual_seed(step % 2)
+        loss, _ = O.consistency_loss(student, target, teacher, x0, cond, num_steps=8, guidance=2.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_self_rollout_keeps_gradients_only_through_the_exit_step():
+    gen = tiny().train()
+    x0, cond = batch(gen, b=1)
+    sigmas = D.warped_sigmas([1000, 750, 500, 250])
+    noise = torch.randn_like(x0)
+    out = O.self_rollout(gen, noise, cond, sigmas, exit_index=2)
+    assert out.shape == x0.shape and out.requires_grad
+    out.sum().backward()
+    assert gen.head.head.weight.grad.abs().sum() > 0
+    # without gradients, the rollout is the World's streaming sampler: same noise draws, same result
+    torch.manual_seed(3)
+    with torch.no_grad():
+        a = O.self_rollout(gen, noise, cond, sigmas, exit_index=3)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        cache = O._prompt_cache(gen, cond.text)
+        chunks = []
+        for s in range(0, x0.shape[2], 2):
+            acts = cond.actions[:, s : s + 2]
+            t_of = lambda sig: torch.full((1, 2), float(sig) * 1000)  # noqa: E731
+            x0_chunk = D.sample_few_step(
+                lambda x, sig: D.x0_from_velocity(x, gen.denoise_chunk(x, t_of(sig), acts, cache), sig),
+                noise[:, :, s : s + 2], sigmas, lambda: torch.randn(1, 4, 2, 8, 8))
+            gen.commit_chunk(x0_chunk, t_of(0.0), acts, cache)
+            chunks.append(x0_chunk)
+    assert (a - torch.cat(chunks, 2)).abs().max() < 1e-5
+
+
+def test_dmd_gradient_vanishes_when_fake_equals_real_and_critic_learns():
+    real = tiny(1).eval()
+    fake = copy.deepcopy(real)
+    x0, cond = batch(real)
+    x = x0.clone().requires_grad_(True)
+    loss, logs = O.dmd_generator_loss(x, real, fake, cond, guidance=1.0)
+    loss.backward()
+    assert loss.item() == 0.0 and x.grad.abs().max() == 0.0
+    other = tiny(2).eval()
+    x = x0.clone().requires_grad_(True)
+    loss, _ = O.dmd_generator_loss(x, real, other, cond, guidance=3.0)
+    loss.backward()
+    assert loss.item() > 0 and x.grad.abs().max() > 0
+    critic = tiny(3).train()
+    opt = torch.optim.AdamW(critic.parameters(), lr=2e-3)
+    losses = []
+    for step in range(30):
+        torch.manual_seed(step % 2)
+        loss, _ = O.critic_loss(critic, x0, cond)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]

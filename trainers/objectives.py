@@ -1,0 +1,310 @@
+"""The Causal Forcing objectives as functions of models and tensors (Zhu et al. 2026, arXiv 2602.02214).
+
+Stage 1  `teacher_loss`: AR teacher by teacher forcing (or diffusion forcing, or bidirectional).
+Stage 2a `causal_ode_pairs` / `bidirectional_ode_pairs` + `ode_regression_loss`: ODE initialisation.
+Stage 2b `consistency_loss`: causal consistency distillation (Causal Forcing++), no stored pairs.
+Stage 3  `self_rollout` + `dmd_generator_loss` / `critic_loss`: DMD with self-rollout (Self Forcing).
+
+Every loss returns `(loss, logs)`. Latents are (B, C, F, H, W) normalised latents, text features
+(B, Lt, Dt), action features (B, F, A + 1) with the presence flag last (zeros = no action).
+Randomness comes from torch's global RNG, which the training loop saves and restores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from worldsdk import diffusion as D
+from worldsdk.model import CausalDiT, KVCache
+
+TEACHER_MODES = ("teacher_forcing", "diffusion_forcing", "bidirectional")
+
+
+@dataclass
+class Conditioning:
+    """What a clip is conditioned on. `actions` is None for prompt-only models."""
+
+    text: torch.Tensor  # (B, Lt, Dt)
+    actions: torch.Tensor | None  # (B, F, A + 1)
+
+    def null(self) -> "Conditioning":
+        """The unconditional input of classifier-free guidance: empty prompt, no action."""
+        return Conditioning(torch.zeros_like(self.text), None if self.actions is None else torch.zeros_like(self.actions))
+
+    def chunk(self, start: int, stop: int) -> torch.Tensor | None:
+        return None if self.actions is None else self.actions[:, start:stop]
+
+
+def drop_conditioning(cond: Conditioning, p_text: float, p_action: float) -> Conditioning:
+    """Replace the prompt and/or the actions of random batch items by the null input (CFG training)."""
+    b = cond.text.shape[0]
+    keep_text = (torch.rand(b, device=cond.text.device) >= p_text).to(cond.text.dtype)
+    text = cond.text * keep_text[:, None, None]
+    actions = cond.actions
+    if actions is not None:
+        keep_action = (torch.rand(b, device=actions.device) >= p_action).to(actions.dtype)
+        actions = actions * keep_action[:, None, None]
+    return Conditioning(text, actions)
+
+
+def chunk_sigmas(batch: int, frames: int, frames_per_chunk: int, shift: float, device, uniform: bool = False) -> torch.Tensor:
+    """sigma (B, F) drawn on the shifted grid: one per chunk (or one per clip if `uniform`)."""
+    grid = D.training_sigmas(shift).to(device)
+    chunks = -(-frames // frames_per_chunk)
+    index = torch.randint(0, len(grid), (batch, 1 if uniform else chunks), device=device)
+    sigma = grid[index].repeat_interleave(frames_per_chunk if not uniform else frames, dim=1)
+    return sigma[:, :frames]
+
+
+def _x0(model_v: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    return D.x0_from_velocity(x_t, model_v, sigma)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 1: the teacher
+# ----------------------------------------------------------------------------------------------
+
+
+def teacher_loss(model: CausalDiT, x0: torch.Tensor, cond: Conditioning, mode: str, shift: float = 5.0,
+                 token_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Bell-weighted v-MSE of the world model in one of three attention layouts.
+
+    teacher_forcing: clean + noisy copies, per-chunk t, each chunk sees the clean history (the AR teacher);
+    diffusion_forcing: block-causal over the noisy clip, per-chunk t (noisy history);
+    bidirectional: full attention, one t per clip (real score, critic initialisation, SF teacher).
+    """
+    if mode not in TEACHER_MODES:
+        raise ValueError(f"teacher mode must be one of {TEACHER_MODES}, got {mode!r}")
+    b, _, f = x0.shape[:3]
+    sigma = chunk_sigmas(b, f, model.config.frames_per_chunk, shift, x0.device, uniform=mode == "bidirectional")
+    noise = torch.randn_like(x0)
+    x_t = D.add_noise(x0, noise, sigma)
+    t = D.sigma_to_t(sigma)
+    if mode == "teacher_forcing":
+        v = model.forward_teacher_forcing(x0, x_t, t, cond.text, cond.actions)
+    elif mode == "diffusion_forcing":
+        v = model.forward_causal(x_t, t, cond.text, cond.actions)
+    else:
+        v = model.forward_bidirectional(x_t, t, cond.text, cond.actions)
+    loss = D.flow_matching_loss(v, x0, noise, t, shift, token_weight)
+    return loss, {"loss": loss.detach(), "sigma": sigma.mean().detach()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2a: ODE pairs and regression
+# ----------------------------------------------------------------------------------------------
+
+
+def student_state_indices(num_steps: int, nominal_steps) -> list[int]:
+    """Indices of the Euler grid whose sigmas are the student's warped steps (48 steps: 0, 12, 24, 36)."""
+    euler = D.euler_sigmas(num_steps)
+    out = []
+    for s in D.warped_sigmas(nominal_steps):
+        i = int(torch.argmin((euler - s).abs()))
+        if abs(float(euler[i] - s)) > 1e-4:
+            raise ValueError(f"student sigma {float(s):.4f} is not on the {num_steps}-step Euler grid")
+        out.append(i)
+    return out
+
+
+@torch.no_grad()
+def causal_ode_pairs(teacher: CausalDiT, x0: torch.Tensor, cond: Conditioning, num_steps: int = 48,
+                     guidance: float = 6.0, nominal_steps=(1000, 750, 500, 250)) -> tuple[torch.Tensor, torch.Tensor]:
+    """PF-ODE of the AR teacher, chunk by chunk, with the ground-truth clean history as context.
+
+    Returns (states (B, S, C, F, H, W) at the student's S sigmas, endpoint (B, C, F, H, W)).
+    The history is written to a KV cache by committing the *ground-truth* chunk at t = 0, with a
+    second cache for the unconditional branch of CFG (Causal Forcing, blockwise_kv mode).
+    """
+    cfg = teacher.config
+    b, _, f = x0.shape[:3]
+    fc = cfg.frames_per_chunk
+    sigmas = D.euler_sigmas(num_steps).to(x0.device)
+    keep = student_state_indices(num_steps, nominal_steps)
+    branches = [(cond, _prompt_cache(teacher, cond.text))]
+    if guidance != 1.0:
+        null = cond.null()
+        branches.append((null, _prompt_cache(teacher, null.text)))
+    states = torch.zeros(b, len(keep), *x0.shape[1:], device=x0.device, dtype=x0.dtype)
+    endpoint = torch.zeros_like(x0)
+    for start in range(0, f, fc):
+        stop = min(start + fc, f)
+        zeros = torch.zeros(b, stop - start, device=x0.device)
+
+        def velocity(x, sigma):
+            t = torch.full_like(zeros, float(sigma) * 1000.0)
+            vs = [teacher.denoise_chunk(x, t, c.chunk(start, stop), cache) for c, cache in branches]
+            return vs[0] if len(vs) == 1 else D.cfg(vs[0], vs[1], guidance)
+
+        def record(info):
+            if info["i"] in keep:
+                states[:, keep.index(info["i"]), :, start:stop] = info["x"]
+
+        endpoint[:, :, start:stop] = D.sample_euler(velocity, torch.randn_like(x0[:, :, start:stop]), sigmas, record)
+        for c, cache in branches:
+            teacher.commit_chunk(x0[:, :, start:stop], zeros, c.chunk(start, stop), cache)
+    return states, endpoint
+
+
+@torch.no_grad()
+def bidirectional_ode_pairs(teacher: CausalDiT, x0: torch.Tensor, cond: Conditioning, num_steps: int = 48,
+                            guidance: float = 6.0, nominal_steps=(1000, 750, 500, 250)) -> tuple[torch.Tensor, torch.Tensor]:
+    """PF-ODE of a bidirectional teacher over the whole clip (the Self Forcing / CausVid pairs)."""
+    b, _, f = x0.shape[:3]
+    sigmas = D.euler_sigmas(num_steps).to(x0.device)
+    keep = student_state_indices(num_steps, nominal_steps)
+    null = cond.null()
+    states = torch.zeros(b, len(keep), *x0.shape[1:], device=x0.device, dtype=x0.dtype)
+
+    def velocity(x, sigma):
+        t = torch.full((b, f), float(sigma) * 1000.0, device=x.device)
+        v = teacher.forward_bidirectional(x, t, cond.text, cond.actions)
+        if guidance == 1.0:
+            return v
+        return D.cfg(v, teacher.forward_bidirectional(x, t, null.text, null.actions), guidance)
+
+    def record(info):
+        if info["i"] in keep:
+            states[:, keep.index(info["i"])] = info["x"]
+
+    endpoint = D.sample_euler(velocity, torch.randn_like(x0), sigmas, record)
+    return states, endpoint
+
+
+def ode_regression_loss(student: CausalDiT, states: torch.Tensor, endpoint: torch.Tensor, clean: torch.Tensor,
+                        cond: Conditioning, student_sigmas: torch.Tensor, causal: bool = True) -> tuple[torch.Tensor, dict]:
+    """Regress the student's x0 at a stored ODE state onto the teacher's endpoint.
+
+    causal (Causal Forcing): one state index shared by all frames, clean ground-truth context through
+    the teacher-forcing layout. Otherwise (Self Forcing's ODE init): an index per chunk and the noisy
+    states themselves as context (block-causal), no clean copy.
+    """
+    b, s = states.shape[:2]
+    f = states.shape[3]
+    fc = student.config.frames_per_chunk
+    sig = student_sigmas.to(states.device)
+    if causal:
+        index = torch.randint(0, s, (b, 1), device=states.device).expand(b, f)
+    else:
+        index = torch.randint(0, s, (b, -(-f // fc)), device=states.device).repeat_interleave(fc, dim=1)[:, :f]
+    gather = index[:, None, None, :, None, None].expand(b, 1, *states.shape[2:])
+    x_t = torch.gather(states, 1, gather).squeeze(1)  # (B, C, F, H, W)
+    sigma = sig[index]  # (B, F)
+    t = D.sigma_to_t(sigma)
+    if causal:
+        v = student.forward_teacher_forcing(clean, x_t, t, cond.text, cond.actions)
+    else:
+        v = student.forward_causal(x_t, t, cond.text, cond.actions)
+    loss = F.mse_loss(_x0(v, x_t, sigma).float(), endpoint.float())
+    return loss, {"loss": loss.detach()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2b: causal consistency distillation
+# ----------------------------------------------------------------------------------------------
+
+
+def consistency_loss(student: CausalDiT, target: CausalDiT, teacher: CausalDiT, x0: torch.Tensor, cond: Conditioning,
+                     num_steps: int = 48, guidance: float = 3.0) -> tuple[torch.Tensor, dict]:
+    """Causal consistency distillation (Causal Forcing++): one teacher Euler step n -> n+1 with CFG and
+    clean context; the student's x0 at x_n matches the EMA target's x0 at x_{n+1}."""
+    b, _, f = x0.shape[:3]
+    sigmas = D.euler_sigmas(num_steps).to(x0.device)
+    n = torch.randint(0, num_steps - 1, (b,), device=x0.device)  # n in [0, num_steps - 2]: n+1 stays above 0
+    s_n, s_next = sigmas[n][:, None].expand(b, f), sigmas[n + 1][:, None].expand(b, f)
+    x_n = D.add_noise(x0, torch.randn_like(x0), s_n)
+    with torch.no_grad():
+        t_n = D.sigma_to_t(s_n)
+        v = teacher.forward_teacher_forcing(x0, x_n, t_n, cond.text, cond.actions)
+        if guidance != 1.0:
+            null = cond.null()
+            v = D.cfg(v, teacher.forward_teacher_forcing(x0, x_n, t_n, null.text, null.actions), guidance)
+        x_next = x_n + D._bcast(s_next - s_n, x_n) * v
+        v_target = target.forward_teacher_forcing(x0, x_next, D.sigma_to_t(s_next), cond.text, cond.actions)
+        x0_target = _x0(v_target, x_next, s_next)
+    v_student = student.forward_teacher_forcing(x0, x_n, D.sigma_to_t(s_n), cond.text, cond.actions)
+    loss = F.mse_loss(_x0(v_student, x_n, s_n).float(), x0_target.float())
+    return loss, {"loss": loss.detach(), "n": n.float().mean()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 3: DMD with self-rollout
+# ----------------------------------------------------------------------------------------------
+
+
+def _prompt_cache(model: CausalDiT, text: torch.Tensor, sink_frames: int = 0) -> KVCache:
+    cache = KVCache.empty(model.config, text.shape[0], sink_frames, device=text.device, dtype=text.dtype)
+    for i in range(text.shape[0]):
+        model.set_prompt(cache, i, text[i : i + 1])
+    return cache
+
+
+def self_rollout(generator: CausalDiT, noise: torch.Tensor, cond: Conditioning, sigmas: torch.Tensor,
+                 exit_index: int) -> torch.Tensor:
+    """The student generates a clip chunk by chunk with its own KV cache (Self Forcing).
+
+    Each chunk runs the few-step sampler up to `exit_index`; only that pass keeps gradients, and its
+    x0 is the chunk's output; the output is re-run at t = 0 without gradients to write the cache.
+    """
+    b, _, f = noise.shape[:3]
+    fc = generator.config.frames_per_chunk
+    with torch.no_grad():
+        cache = _prompt_cache(generator, cond.text)
+    chunks = []
+    for start in range(0, f, fc):
+        stop = min(start + fc, f)
+        actions = cond.chunk(start, stop)
+        x = noise[:, :, start:stop]
+        t_of = lambda sigma: torch.full((b, stop - start), float(sigma) * 1000.0, device=noise.device)  # noqa: E731
+        with torch.no_grad():
+            for i in range(exit_index):
+                v = generator.denoise_chunk(x, t_of(sigmas[i]), actions, cache)
+                x = D.add_noise(_x0(v, x, sigmas[i]), torch.randn_like(x), sigmas[i + 1])
+        v = generator.denoise_chunk(x, t_of(sigmas[exit_index]), actions, cache)
+        out = _x0(v, x, sigmas[exit_index])
+        chunks.append(out)
+        with torch.no_grad():
+            generator.commit_chunk(out.detach(), t_of(0.0), actions, cache)
+    return torch.cat(chunks, dim=2)
+
+
+def dmd_sigma(batch: int, shift: float, device, low: float = 0.02, high: float = 0.98) -> torch.Tensor:
+    """DMD's timestep: uniform, shifted, clamped to [20, 980] in t; one per sample."""
+    u = torch.rand(batch, device=device)
+    return D.shift_sigma(u, shift).clamp(low, high)
+
+
+def dmd_generator_loss(x: torch.Tensor, real: CausalDiT, fake: CausalDiT, cond: Conditioning, guidance: float = 3.0,
+                       shift: float = 5.0) -> tuple[torch.Tensor, dict]:
+    """Distribution matching: push generated x along x0_fake - x0_real (real = CFG teacher), normalised."""
+    b, _, f = x.shape[:3]
+    sigma = dmd_sigma(b, shift, x.device)[:, None].expand(b, f)
+    with torch.no_grad():
+        x_t = D.add_noise(x, torch.randn_like(x), sigma)
+        t = D.sigma_to_t(sigma)
+        v_real = real.forward_bidirectional(x_t, t, cond.text, cond.actions)
+        if guidance != 1.0:
+            null = cond.null()
+            v_real = D.cfg(v_real, real.forward_bidirectional(x_t, t, null.text, null.actions), guidance)
+        x0_real = _x0(v_real, x_t, sigma)
+        x0_fake = _x0(fake.forward_bidirectional(x_t, t, cond.text, cond.actions), x_t, sigma)
+        grad = (x0_fake - x0_real).double()
+        norm = (x.double() - x0_real.double()).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-8)
+        grad = torch.nan_to_num(grad / norm)
+    loss = 0.5 * F.mse_loss(x.double(), (x.double() - grad).detach())
+    return loss.float(), {"loss": loss.detach().float(), "grad_norm": grad.abs().mean().float()}
+
+
+def critic_loss(fake: CausalDiT, x: torch.Tensor, cond: Conditioning, shift: float = 5.0) -> tuple[torch.Tensor, dict]:
+    """The fake score learns the generator's distribution: flow matching on generated samples."""
+    x = x.detach()
+    b, _, f = x.shape[:3]
+    sigma = dmd_sigma(b, shift, x.device)[:, None].expand(b, f)
+    noise = torch.randn_like(x)
+    x_t = D.add_noise(x, noise, sigma)
+    v = fake.forward_bidirectional(x_t, D.sigma_to_t(sigma), cond.text, cond.actions)
+    loss = F.mse_loss(v.float(), D.velocity_target(x, noise).float())
+    return loss, {"loss": loss.detach()}
