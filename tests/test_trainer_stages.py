@@ -1,0 +1,94 @@
+"""The Causal Forcing chain on the tiny preset: every stage runs a few steps, writes a world file,
+and the next stage loads it; the final world opens in World.load and the env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+
+import worldsdk  # noqa: F401
+from torch.utils.data import Subset
+
+from trainers.app import build_dataclass, run
+from trainers.loop import LoopConfig
+from trainers.loop import train as train_loop
+from trainers.stage import ModelChoice
+from trainers.stages.teacher import TeacherStage, TeacherStageConfig
+from worldsdk import World
+from worldsdk.autoencoder import AUTOENCODER_PRESETS, FrameAutoencoder, save_autoencoder
+from worldsdk.data.latents import build_latent_cache
+from worldsdk.data.recorder import record
+
+TINY = {"name": "tiny", "preset": "tiny", "autoencoder": "tiny"}
+
+
+def loop(steps=2, **kw):
+    return {"max_steps": steps, "batch_size": 2, "seed": 0, "device": "cpu", "precision": "fp32", "log_every": 1,
+            "checkpoint_every": 100, "progress": False, "tensorboard": False, **kw}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Recordings of real Pong at the tiny resolution, an autoencoder and their latent cache."""
+    root = tmp_path_factory.mktemp("chain")
+    data = root / "pong"
+    record("ALE/Pong-v5", data, episodes=4, policy="scripted", size=(32, 32), max_steps=40, seed=0)
+    torch.manual_seed(0)
+    autoencoder = FrameAutoencoder(AUTOENCODER_PRESETS["tiny"])
+    ae_path = save_autoencoder(root / "autoencoder.safetensors", autoencoder)
+    latents = build_latent_cache(data, autoencoder, root / "latents", progress=False)
+    return root, str(ae_path), str(latents)
+
+
+def train(root: Path, stage: dict, steps=2, **loop_kw) -> Path:
+    run_dir = root / f"{stage['name']}-{stage.get('mode', stage.get('teacher_kind', ''))}"
+    run({"run_dir": str(run_dir), "loop": loop(steps, **loop_kw), "model": TINY, "stage": stage})
+    world_file = run_dir / "world.safetensors"
+    assert world_file.is_file()
+    return world_file
+
+
+def test_the_whole_chain_runs_and_each_stage_loads_the_previous(chain):
+    root, ae, latents = chain
+    causal = train(root, {"name": "teacher", "mode": "teacher_forcing", "latents": latents, "autoencoder": ae})
+    bidir = train(root, {"name": "teacher", "mode": "bidirectional", "latents": latents, "autoencoder": ae})
+    train(root, {"name": "teacher", "mode": "diffusion_forcing", "latents": latents, "autoencoder": ae})
+    ode = train(root, {"name": "ode", "teacher": str(causal), "latents": latents, "num_clips": 2, "generate_batch": 2,
+                       "ode_steps": 8, "guidance": 2.0})
+    pairs = sorted((ode.parent / "ode_pairs").glob("pairs_*.safetensors"))
+    assert len(pairs) == 1
+    sf_ode = train(root, {"name": "ode", "teacher": str(bidir), "teacher_kind": "bidirectional", "latents": latents,
+                          "num_clips": 2, "generate_batch": 2, "ode_steps": 8})
+    cd = train(root, {"name": "cd", "teacher": str(causal), "latents": latents, "ode_steps": 8})
+    dmd = train(root, {"name": "dmd", "generator": str(ode), "real": str(bidir), "latents": latents, "critic_updates": 2}, steps=3)
+    for path in (sf_ode, cd, dmd):
+        world = World.load(path)
+        assert world.info["trained"] is True and world.spec.name == "pong"
+    world = World.load(dmd)
+    assert world.info["stage"] == "dmd" and world.spec.action.n == 6
+    env = gymnasium.make("worldsdk/World-v0", world=str(dmd))
+    obs, _ = env.reset(seed=0)
+    obs, *_ = env.step(2)
+    assert obs.shape == (2, 32, 32, 3) and obs.dtype == np.uint8
+
+
+def test_teacher_loss_falls_on_one_batch_through_the_loop(chain):
+    root, ae, latents = chain
+    run_dir = root / "overfit"
+    stage = {"name": "teacher", "mode": "teacher_forcing", "latents": latents, "autoencoder": ae,
+             "optimizer": {"lr": 3e-3, "warmup_steps": 0}, "ema_decay": 0.0, "p_drop_text": 0.0, "p_drop_action": 0.0}
+    losses = []
+    config = build_dataclass(TeacherStageConfig, stage, "stage")
+
+    class OneBatch(TeacherStage):
+        def dataset(self):
+            return Subset(self.data, [0])
+
+    train_loop(lambda ctx: OneBatch(config, ModelChoice(**TINY), ctx),
+               build_dataclass(LoopConfig, loop(40, batch_size=1), "loop"), run_dir,
+               on_step=lambda step, logs: losses.append(float(logs["teacher/loss"])))
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])

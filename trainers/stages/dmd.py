@@ -1,0 +1,111 @@
+"""stage=dmd: distribution matching distillation with self-rollout (Causal Forcing stage 3 = Self Forcing's).
+
+The generator (a few-step causal student from stage=ode or stage=cd, or the AR teacher directly)
+rolls out whole clips chunk by chunk with its own KV cache, under the recorded games' prompts and
+action sequences (no video is used); one exit step per iteration keeps gradients. The real score is
+a frozen bidirectional teacher with CFG; the critic (fake score) starts as a copy of it and learns
+the generator's distribution by flow matching on its samples, 5 critic updates per generator update.
+The generator's EMA is the world written at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from trainers.objectives import Conditioning, critic_loss, dmd_generator_loss, self_rollout
+from trainers.stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
+from trainers.stages import worlds
+from worldsdk.data.datasets import collate_clips
+from worldsdk.diffusion import warped_sigmas
+
+
+@dataclass(frozen=True)
+class DmdStageConfig:
+    """The `stage:` section for stage=dmd (mirrored by conf/stage/dmd.yaml)."""
+
+    name: str = "dmd"
+    generator: str = ""  # world file of the student to distil (ode / cd output, or the AR teacher)
+    real: str = ""  # world file of the bidirectional teacher (real score; the critic starts from it)
+    latents: str = ""  # prompts and action sequences come from the recordings
+    guidance: float = 3.0  # CFG of the real score
+    critic_updates: int = 5  # critic updates per generator update (dfake_gen_update_ratio)
+    timestep_shift: float = 5.0
+    ema_decay: float = 0.99
+    ema_start_step: int = 200
+    generator_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
+        lr=2e-5, betas=(0.0, 0.999), weight_decay=0.01, grad_clip=10.0))
+    critic_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
+        lr=4e-6, betas=(0.0, 0.999), weight_decay=0.01, grad_clip=10.0))
+
+
+class DmdStage(Stage):
+    name = "dmd"
+    config_class = DmdStageConfig
+
+    def __init__(self, config: DmdStageConfig, model: ModelChoice, ctx: RunContext):
+        self.config, self.ctx = config, ctx
+        gen_world = worlds.load_world(config.generator, "a generator (stage.generator=.../world.safetensors)")
+        real_world = worlds.load_world(config.real, "a bidirectional teacher (stage.real=.../world.safetensors)")
+        if gen_world.model.config.latent_frames_max != real_world.model.config.latent_frames_max:
+            raise ValueError("generator and real score must be trained on clips of the same length")
+        self.spec, self.autoencoder = gen_world.spec, gen_world.autoencoder
+        self.generator = gen_world.model.to(ctx.device).train()
+        self.gen_text = gen_world.text_encoder.to(ctx.device).eval().requires_grad_(False)
+        self.real = worlds.frozen_copy(real_world.model).to(ctx.device)
+        self.real_text = real_world.text_encoder.to(ctx.device).eval().requires_grad_(False)
+        self.critic = real_world.model.to(ctx.device).train()
+        self.sigmas = warped_sigmas(self.spec.denoising_steps, self.spec.timestep_shift).to(ctx.device)
+        self.data = worlds.open_latent_clips(config.latents, self.generator.config.latent_frames_max)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "critic": self.critic}
+
+    def updates(self) -> list[Update]:
+        c = self.config
+        return [
+            Update("generator", self.generator_loss, modules=("generator",), optimizer=c.generator_optimizer, every=c.critic_updates),
+            Update("critic", self.critic_loss, modules=("critic",), optimizer=c.critic_optimizer),
+        ]
+
+    def dataset(self) -> Dataset:
+        return self.data
+
+    def collate(self, items: list):
+        return collate_clips(items)
+
+    def ema_decays(self) -> dict[str, float]:
+        return {"generator": self.config.ema_decay}
+
+    def ema_start_step(self) -> int:
+        return self.config.ema_start_step
+
+    def _rollout(self, batch, grad: bool) -> tuple[torch.Tensor, Conditioning]:
+        x0, gen_cond = worlds.clip_batch(batch, self.gen_text, self.ctx.device)
+        exit_index = int(torch.randint(0, len(self.sigmas), (1,)))
+        with torch.set_grad_enabled(grad):
+            x = self_rollout(self.generator, torch.randn_like(x0), gen_cond, self.sigmas, exit_index)
+        real_cond = Conditioning(self.real_text.encode(list(batch["prompt"])), gen_cond.actions)
+        return x, real_cond
+
+    def generator_loss(self, batch, step: int):
+        x, cond = self._rollout(batch, grad=True)
+        return dmd_generator_loss(x, self.real, self.critic, cond, self.config.guidance, self.config.timestep_shift)
+
+    def critic_loss(self, batch, step: int):
+        x, cond = self._rollout(batch, grad=False)
+        return critic_loss(self.critic, x, cond, self.config.timestep_shift)
+
+    def sample(self, step: int, weights: Mapping[str, nn.Module], out_dir: Path) -> None:
+        worlds.sample_rollouts(out_dir / f"rollout_{step:06d}.mp4", weights["generator"], self.gen_text,
+                               self.autoencoder, self.spec, self.data, self.ctx.device)
+
+    def finish(self, step: int, weights: Mapping[str, nn.Module]) -> dict[str, float]:
+        worlds.save_world(self.ctx, weights["generator"], self.gen_text, self.autoencoder, self.spec,
+                          {"stage": "dmd", "step": step, "config": asdict(self.config)})
+        return {}

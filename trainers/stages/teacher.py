@@ -1,0 +1,102 @@
+"""stage=teacher: diffusion training of the world model (Causal Forcing stage 1).
+
+mode=teacher_forcing is the AR teacher: clean and noisy copies in one sequence, an independent t per
+chunk on the shifted grid, each noisy chunk seeing the clean history (the paper's choice);
+mode=diffusion_forcing conditions on the noisy history instead (the paper's Table 2 baseline);
+mode=bidirectional trains with full attention and one t per clip: the DMD real score, the critic's
+initialisation and the Self Forcing baseline's teacher. The text encoder trains with the model;
+prompts and actions are dropped at random so classifier-free guidance works. The loss is the
+bell-weighted v-MSE, with extra weight on latent pixels that hold objects (the ball is a few
+pixels: without it the model learns the background and the paddles first, the ball last).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from trainers.objectives import TEACHER_MODES, drop_conditioning, teacher_loss
+from trainers.stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
+from trainers.stages import worlds
+from worldsdk.data.datasets import collate_clips
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TeacherStageConfig:
+    """The `stage:` section for stage=teacher (mirrored by conf/stage/teacher.yaml)."""
+
+    name: str = "teacher"
+    mode: str = "teacher_forcing"  # teacher_forcing | diffusion_forcing | bidirectional
+    latents: str = ""  # latent cache of the recordings
+    autoencoder: str = ""  # the autoencoder that made the cache (it ships inside the world file)
+    init: str = ""  # optional world file to start from (fine-tuning)
+    clip_frames: int = 0  # latent frames per clip; 0 = the model's trained length
+    p_drop_text: float = 0.1
+    p_drop_action: float = 0.1
+    foreground_weight: float = 4.0
+    timestep_shift: float = 5.0
+    ema_decay: float = 0.999
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
+        lr=3e-4, betas=(0.9, 0.99), weight_decay=0.01, grad_clip=1.0, warmup_steps=200, decay="cosine", min_lr_ratio=0.1))
+
+
+class TeacherStage(Stage):
+    name = "teacher"
+    config_class = TeacherStageConfig
+
+    def __init__(self, config: TeacherStageConfig, model: ModelChoice, ctx: RunContext):
+        if config.mode not in TEACHER_MODES:
+            raise ValueError(f"stage.mode must be one of {TEACHER_MODES}, got {config.mode!r}")
+        self.config, self.choice, self.ctx = config, model, ctx
+        if config.init:
+            world = worlds.load_world(config.init, "an initial world")
+            self.model, self.text_encoder, self.autoencoder, self.spec = world.model, world.text_encoder, world.autoencoder, world.spec
+            clip = config.clip_frames or self.model.config.latent_frames_max
+            self.data = worlds.open_latent_clips(config.latents, clip)
+        else:
+            preset_frames = worlds.MODEL_PRESETS[model.preset].latent_frames_max
+            self.data = worlds.open_latent_clips(config.latents, config.clip_frames or preset_frames)
+            self.spec = worlds.spec_for_dataset(self.data, model.preset)
+            self.model, self.text_encoder, self.autoencoder = worlds.fresh_parts(model.preset, self.spec, config.autoencoder)
+        self.model.to(ctx.device).train()
+        self.text_encoder.to(ctx.device).train()
+        self.autoencoder.eval()
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model, "text_encoder": self.text_encoder}
+
+    def updates(self) -> list[Update]:
+        return [Update("teacher", self.loss, modules=("model", "text_encoder"), optimizer=self.config.optimizer)]
+
+    def dataset(self) -> Dataset:
+        return self.data
+
+    def collate(self, items: list):
+        return collate_clips(items)
+
+    def ema_decays(self) -> dict[str, float]:
+        return {"model": self.config.ema_decay, "text_encoder": self.config.ema_decay} if self.config.ema_decay > 0 else {}
+
+    def loss(self, batch, step: int):
+        x0, cond = worlds.clip_batch(batch, self.text_encoder, self.ctx.device)
+        cond = drop_conditioning(cond, self.config.p_drop_text, self.config.p_drop_action)
+        weight = worlds.foreground_weight(x0, self.config.foreground_weight)
+        return teacher_loss(self.model, x0, cond, self.config.mode, self.config.timestep_shift, weight)
+
+    def sample(self, step: int, weights: Mapping[str, nn.Module], out_dir: Path) -> None:
+        # The teacher is a many-step model: sample it with 8 warped steps rather than the student's 4.
+        steps = (1000.0, 875.0, 750.0, 625.0, 500.0, 375.0, 250.0, 125.0)
+        worlds.sample_rollouts(out_dir / f"rollout_{step:06d}.mp4", weights["model"], weights["text_encoder"],
+                               self.autoencoder, self.spec, self.data, self.ctx.device, steps)
+
+    def finish(self, step: int, weights: Mapping[str, nn.Module]) -> dict[str, float]:
+        worlds.save_world(self.ctx, weights["model"], weights["text_encoder"], self.autoencoder, self.spec,
+                          {"stage": "teacher", "mode": self.config.mode, "step": step, "config": asdict(self.config)})
+        return {}
