@@ -12,6 +12,11 @@ from gymnasium.vector.utils import batch_space
 from worldsdk.world import World, WorldState
 
 
+def _fps(fps: float) -> int | float:
+    """render_fps as an int when whole (gymnasium.utils.play requires an int)."""
+    return int(fps) if float(fps).is_integer() else fps
+
+
 def _open(world: World | str, device: str) -> World:
     return world if isinstance(world, World) else World.load(world, device=device)
 
@@ -56,7 +61,7 @@ class WorldEnv(gym.Env):
                  device: str = "cpu"):
         self.world = _open(world, device)
         spec = self.world.spec
-        self.metadata = {**self.metadata, "render_fps": spec.fps}
+        self.metadata = {**self.metadata, "render_fps": _fps(spec.fps)}
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.render_mode = render_mode
@@ -149,7 +154,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self.render_mode = render_mode
         self.prompt = prompt or self.world.spec.default_prompt
         self.max_episode_steps = max_episode_steps
-        self.metadata = {**self.metadata, "render_fps": self.world.spec.fps}
+        self.metadata = {**self.metadata, "render_fps": _fps(self.world.spec.fps)}
         self.single_observation_space = spaces.Box(0, 255, self.world.observation_shape, np.uint8)
         self.single_action_space = self.world.spec.action.to_space()
         self.observation_space = batch_space(self.single_observation_space, num_envs)

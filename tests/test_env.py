@@ -20,7 +20,7 @@ def test_check_env_passes():
     env = make_env()
     check_env(env.unwrapped, skip_render_check=False)
     assert env.observation_space == gymnasium.spaces.Box(0, 255, (2, 32, 32, 3), np.uint8)
-    assert env.metadata["render_fps"] == 15.0
+    assert env.metadata["render_fps"] == 15 and isinstance(env.metadata["render_fps"], int)
 
 
 def test_make_by_name_and_time_limit():

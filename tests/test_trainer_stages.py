@@ -92,3 +92,18 @@ def test_teacher_loss_falls_on_one_batch_through_the_loop(chain):
                build_dataclass(LoopConfig, loop(40, batch_size=1), "loop"), run_dir,
                on_step=lambda step, logs: losses.append(float(logs["teacher/loss"])))
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_recipe_command_writes_a_world(chain, tmp_path):
+    import subprocess
+    import sys
+
+    root, ae, _ = chain
+    out = tmp_path / "recipe"
+    cmd = [sys.executable, "-m", "trainers.recipe", "--data", str(root / "pong"), "--out", str(out), "--preset", "tiny",
+           "--scale", "0.0005", "--batch-size", "2", "--ode-clips", "2", "--autoencoder", ae]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    world = World.load(out / "world.safetensors")
+    assert world.info["stage"] == "dmd"
+    assert world.step(3).shape == (2, 32, 32, 3)

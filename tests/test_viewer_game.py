@@ -177,3 +177,35 @@ def test_fast_generation_plays_smoothly_at_the_world_fps(game_of):
     assert summary["input_events_measured"] == 1
     assert 0 < summary["input_latency_ms_mean"] < 1000
     assert 2 in session.actions
+
+
+def test_mouse_motion_feeds_box_actions(game_of):
+    from worldsdk.config import ActionSpec, WorldSpec
+
+    action = ActionSpec.dict(keyboard=ActionSpec.multi_binary(4), mouse=ActionSpec.box((2,)))
+    spec = WorldSpec(name="fps", height=16, width=16, action=action, key_map={"w": 0, "s": 1, "a": 2, "d": 3})
+    session = FakeSession(spec)
+    game = game_of(session, mouse_range=100.0)
+    assert game.mouse_captured
+    motion = [pygame.event.Event(pygame.MOUSEMOTION, rel=(50, -20), pos=(0, 0), buttons=(0, 0, 0))] * 2
+    step_with(game, motion + key_events("w"))
+    step_with(game, key_events("w", up=True))
+    finish(game)
+    first, second = session.actions
+    np.testing.assert_array_equal(first["keyboard"], [1, 0, 0, 0])
+    np.testing.assert_allclose(first["mouse"], [1.0, -0.4])
+    np.testing.assert_array_equal(second["keyboard"], [0, 0, 0, 0])
+    np.testing.assert_allclose(second["mouse"], [0, 0])  # motion is per step
+
+
+def test_a_world_error_surfaces_on_the_display_thread(game_of):
+    from worldsdk.viewer.worker import WorkerError
+
+    class Broken(FakeSession):
+        def step(self, action):
+            raise RuntimeError("out of memory")
+
+    game = game_of(Broken())
+    with pytest.raises(WorkerError, match="out of memory"):
+        for _ in range(20):
+            game.tick()

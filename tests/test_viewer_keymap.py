@@ -52,6 +52,9 @@ def test_multi_binary_sets_bits():
     np.testing.assert_array_equal(km.action({K.K_w, K.K_d}), [1, 0, 0, 1])
     np.testing.assert_array_equal(km.action({K.K_SPACE}), [1, 0, 0, 1])
     assert km.action({K.K_w}).dtype == np.int8
+    idle = KeyMap(ActionSpec.multi_binary(3), {"none": [0, 0, 1], "w": 0})  # "none" is a whole action: n bits
+    np.testing.assert_array_equal(idle.action(set()), [0, 0, 1])
+    np.testing.assert_array_equal(idle.action({K.K_w}), [1, 0, 0])
 
 
 def test_box_takes_mouse_motion():
@@ -140,3 +143,15 @@ def test_gymnasium_play_uses_the_table(monkeypatch):
     pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=K.K_LEFT, mod=0, unicode="", scancode=0))
     play(Env(), callback=callback, wait_on_player=True)
     assert taken == [3]
+
+
+def test_world_env_delegates_to_the_keymap():
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers worldsdk/World-v0)
+
+    env = gym.make("worldsdk/World-v0", world="tiny")
+    try:
+        assert env.unwrapped.get_keys_to_action() == keys_to_action(WORLD_PRESETS["tiny"])
+    finally:
+        env.close()

@@ -20,9 +20,13 @@ def headless(monkeypatch):
 
 
 def tiny_session() -> LocalSession:
+    """The tiny preset with its zero-initialised layers perturbed, so actions and prompts change the frames."""
+    from tests.conftest import perturb_
     from worldsdk.world import World
 
-    return LocalSession(World.from_preset("tiny", seed=0), {"world": "tiny", "weights_seed": 0})
+    world = World.from_preset("tiny", seed=0)
+    perturb_(world.model)
+    return LocalSession(world, {"world": "tiny", "weights_seed": 0})
 
 
 class FrameTap:
@@ -95,6 +99,7 @@ def test_recording_is_written_and_replays_to_the_same_frames(played, tmp_path):
     assert replay.replay_mismatches == []
     # every chunk, regenerated, is bit-identical to the one generated while playing
     digests = [e["frames_sha256"] for e in rec.events if "frames_sha256" in e]
+    assert replay.replay_checked == len(digests)
     assert len(tap.frames) == 2 * len(digests)  # tiny: 2 frames per chunk; a replay shows every frame
     replayed = [frames_digest(np.stack(tap.frames[i:i + 2])) for i in range(0, len(tap.frames), 2)]
     assert replayed == digests
@@ -104,13 +109,13 @@ def test_recording_is_written_and_replays_to_the_same_frames(played, tmp_path):
 def test_a_tampered_recording_is_reported_as_diverged(played, tmp_path):
     game, _ = played
     data = json.loads(game.recordings[0].read_text())
-    second_reset = [i for i, e in enumerate(data["events"]) if e["type"] == "reset"][1]
-    data["events"][second_reset]["seed"] += 100  # other noise from the second reset on
+    step = next(i for i, e in enumerate(data["events"]) if e["type"] == "step" and e["action"] == 3)
+    data["events"][step]["action"] = 1  # FIRE instead of LEFT: the world must show something else
     path = tmp_path / "tampered.json"
     path.write_text(json.dumps(data))
     replay = Game(tiny_session(), GameConfig(realtime=False, record_dir=str(tmp_path)), replay=Recording.load(path))
     replay.run()
-    assert replay.replay_mismatches and replay.replay_mismatches[0] == second_reset
+    assert replay.replay_mismatches and replay.replay_mismatches[0] == step
 
 
 @pytest.mark.parametrize("spec, action", [

@@ -1,7 +1,7 @@
 """`worldsdk demo`: play the default world headless under a simple policy and save a video.
 
-The default world is the first shipped trained world (`pong` when present); without one, the
-`small` preset with random weights is used (and the demo says so).
+The default world is `worldsdk.world.default_world()`: the shipped `pong` world when present; without
+a shipped world, the `small` preset with random weights (and the demo says so).
 """
 
 from __future__ import annotations
@@ -14,18 +14,6 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger(__name__)
-
-DEFAULT_WORLD = "pong"
-
-
-def default_world() -> str:
-    from worldsdk.world import shipped_worlds
-
-    worlds = shipped_worlds()
-    if DEFAULT_WORLD in worlds:
-        return DEFAULT_WORLD
-    return worlds[0] if worlds else "small"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--world", default=None, help="shipped world name, path, or preset (default: the default world)")
@@ -59,7 +47,7 @@ def save_video(frames: np.ndarray, path: str | Path, fps: float) -> Path:
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from worldsdk.world import World
+    from worldsdk.world import World, default_world
 
     name = args.world or default_world()
     world = World.load(name, device=args.device)

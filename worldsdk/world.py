@@ -8,13 +8,17 @@ and returned; `World` itself holds only weights. The simple single-session API (
 One step (per batch, one forward per pass): action features per latent frame -> 4 denoising
 passes against the cache (predict x0, re-noise with fresh noise) -> one commit pass at t = 0 that
 appends the clean chunk's K/V -> autoencoder decode -> uint8 frames (B, chunk, H, W, 3).
+
+Frames are decoded through a `worldsdk.codec.VideoCodec`: the per-frame `FrameAutoencoder` of the
+small worlds, or Wan's causal video VAE (`worldsdk.wan.WanVAE`), whose per-session decoder state
+rides in `WorldState.decoders` so each step decodes only its new chunk.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,9 +27,10 @@ import torch
 
 from worldsdk import checkpoint
 from worldsdk.autoencoder import AUTOENCODER_PRESETS, AutoencoderConfig, FrameAutoencoder
+from worldsdk.codec import VideoCodec, as_codec
 from worldsdk.config import MODEL_PRESETS, ModelConfig, WorldSpec, preset
 from worldsdk.diffusion import sample_few_step, warped_sigmas
-from worldsdk.model import ByteTextConfig, ByteTextEncoder, CausalDiT, KVCache
+from worldsdk.model import ByteTextConfig, ByteTextEncoder, CausalDiT, KVCache, TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +42,37 @@ def shipped_worlds() -> list[str]:
     return sorted(p.stem for p in SHIPPED_WORLDS_DIR.glob("*.safetensors"))
 
 
+DEFAULT_WORLD = "pong"
+
+
+def default_world() -> str:
+    """What `worldsdk demo`, `play` and `serve` open by default: the shipped pong world, else the first
+    shipped world, else the `small` preset (random weights)."""
+    worlds = shipped_worlds()
+    if DEFAULT_WORLD in worlds:
+        return DEFAULT_WORLD
+    return worlds[0] if worlds else "small"
+
+
 def _fresh_seed() -> int:
     return int(np.random.SeedSequence().generate_state(1)[0])
 
 
 @dataclass
 class WorldState:
-    """Live sessions of a world: one KV cache batch plus per-item prompt, noise generator and step count."""
+    """Live sessions of a world: one KV cache batch plus per-item prompt, noise generator, step count
+    and video-decoder state (None for a per-frame autoencoder)."""
 
     cache: KVCache
     prompts: list[str]
     generators: list[torch.Generator]
     steps: list[int]
     seeds: list[int]
+    decoders: list[Any] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.decoders:
+            self.decoders = [None] * len(self.prompts)
 
     @property
     def batch_size(self) -> int:
@@ -57,20 +80,21 @@ class WorldState:
 
     @staticmethod
     def stack(states: Sequence["WorldState"]) -> "WorldState":
-        """One batched state from several (their caches are copied into one batch)."""
+        """One batched state from several (their caches and decoder states are copied into one batch)."""
         return WorldState(
             cache=KVCache.stack([s.cache for s in states]),
             prompts=[p for s in states for p in s.prompts],
             generators=[g for s in states for g in s.generators],
             steps=[n for s in states for n in s.steps],
             seeds=[n for s in states for n in s.seeds],
+            decoders=[None if d is None else d.copy() for s in states for d in s.decoders],
         )
 
     def split(self) -> list["WorldState"]:
         """One state per batch item (sharing this state's buffers)."""
         return [
             WorldState(cache=c, prompts=[self.prompts[b]], generators=[self.generators[b]], steps=[self.steps[b]],
-                       seeds=[self.seeds[b]])
+                       seeds=[self.seeds[b]], decoders=[self.decoders[b]])
             for b, c in enumerate(self.cache.split())
         ]
 
@@ -78,8 +102,11 @@ class WorldState:
 class World:
     """A playable world. `World.load(name_or_path)` opens a trained one; `World.from_preset` a random one."""
 
-    def __init__(self, model: CausalDiT, autoencoder: FrameAutoencoder, text_encoder: ByteTextEncoder,
-                 spec: WorldSpec, device: str | torch.device = "cpu", info: dict | None = None):
+    def __init__(self, model: CausalDiT, autoencoder: FrameAutoencoder | VideoCodec, text_encoder: TextEncoder,
+                 spec: WorldSpec, device: str | torch.device = "cpu", info: dict | None = None,
+                 dtype: torch.dtype | None = None, attention: str = "sdpa", compile: bool | str = False):
+        """`dtype` casts the DiT (bf16 on a GPU; its timestep MLPs stay fp32); `attention` picks the kernel
+        ('sdpa', 'flash', 'auto'); `compile` wraps each block in torch.compile (True or a mode name)."""
         mc = model.config
         ac = autoencoder.config
         if mc.latent_channels != ac.latent_channels or (mc.latent_height * ac.stride, mc.latent_width * ac.stride) != (spec.height, spec.width):
@@ -90,8 +117,14 @@ class World:
         if mc.action_dim and mc.action_dim != spec.action.feature_dim:
             raise ValueError(f"model expects {mc.action_dim} action features, the spec's action space gives {spec.action.feature_dim}")
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        if dtype is not None:
+            model.to_inference_dtype(dtype)
+        self.model = model.to(self.device).eval().set_attention(attention)
+        if compile:
+            for block in self.model.blocks:  # per block: the entry points stay plain methods
+                block.compile(mode=None if compile is True else compile, dynamic=True)
         self.autoencoder = autoencoder.to(self.device).eval()
+        self.codec = as_codec(self.autoencoder)
         self.text_encoder = text_encoder.to(self.device).eval()
         self.spec = spec
         self.info = dict(info or {})
@@ -101,27 +134,33 @@ class World:
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
-    def from_preset(cls, name: str, seed: int = 0, device: str | torch.device = "cpu") -> "World":
-        """A world of a named preset with random (untrained) weights, seeded."""
+    def from_preset(cls, name: str, seed: int = 0, device: str | torch.device = "cpu", **options) -> "World":
+        """A world of a named preset with random (untrained) weights, seeded. `options`: dtype, attention, compile."""
         model_config, spec = preset(name)
         ae_config = AUTOENCODER_PRESETS.get(name, AutoencoderConfig(latent_channels=model_config.latent_channels, num_down=3))
         torch.manual_seed(seed)
         model = CausalDiT(model_config)
         autoencoder = FrameAutoencoder(ae_config)
         text = ByteTextEncoder(_text_config(model_config))
-        return cls(model, autoencoder, text, spec, device, info={"source": f"preset:{name}", "trained": False})
+        return cls(model, autoencoder, text, spec, device, info={"source": f"preset:{name}", "trained": False}, **options)
 
     @classmethod
-    def load(cls, name_or_path: str | Path, device: str | torch.device = "cpu") -> "World":
-        """Open a world: a path to a .safetensors world file, a shipped world's name, or a preset name (random weights)."""
+    def load(cls, name_or_path: str | Path, device: str | torch.device = "cpu", **options) -> "World":
+        """Open a world: a path to a .safetensors world file, a world folder (`world.json` + its parts: the
+        Wan worlds, see docs/wan.md), a shipped world's name, or a preset name (random weights).
+        `options`: dtype, attention, compile (see `World.__init__`)."""
         path = Path(name_or_path)
+        if path.is_dir() or path.name == "world.json":
+            from worldsdk.wan import load_world
+
+            return load_world(path, device=device, **options)
         if not path.is_file():
             shipped = SHIPPED_WORLDS_DIR / f"{name_or_path}.safetensors"
             if shipped.is_file():
                 path = shipped
             elif str(name_or_path) in MODEL_PRESETS:
                 log.warning("world %r is a preset: random, untrained weights", str(name_or_path))
-                return cls.from_preset(str(name_or_path), device=device)
+                return cls.from_preset(str(name_or_path), device=device, **options)
             else:
                 raise FileNotFoundError(
                     f"no world {str(name_or_path)!r}: not a file, not a shipped world {shipped_worlds()}, "
@@ -139,10 +178,13 @@ class World:
         for module, prefix in ((model, "model"), (autoencoder, "autoencoder"), (text, "text_encoder")):
             checkpoint.load_state(module, checkpoint.split_prefix(tensors, prefix), path, prefix)
         info = dict(meta.get("info", {}), source=str(path), trained=meta.get("info", {}).get("trained", True))
-        return cls(model, autoencoder, text, spec, device, info=info)
+        return cls(model, autoencoder, text, spec, device, info=info, **options)
 
     def save(self, path: str | Path, info: dict | None = None) -> Path:
         """Write this world (weights, configs, spec, info) to one safetensors file."""
+        if not isinstance(self.autoencoder, FrameAutoencoder) or not isinstance(self.text_encoder, ByteTextEncoder):
+            raise TypeError("only worlds with a FrameAutoencoder and a ByteTextEncoder fit one file; a Wan world is a "
+                            "folder: save its DiT with worldsdk.wan.save_transformer and see worldsdk.wan.write_world_json")
         tensors = {}
         for module, prefix in ((self.model, "model"), (self.autoencoder, "autoencoder"), (self.text_encoder, "text_encoder")):
             tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
@@ -199,21 +241,41 @@ class World:
         """Advance every session by one chunk under its action, in one batched forward per pass."""
         if len(actions) != state.batch_size:
             raise ValueError(f"got {len(actions)} actions for {state.batch_size} sessions")
-        features = self._action_features(actions)
+        return self.step_features(state, self._action_features(actions))
+
+    @torch.inference_mode()
+    def step_frames_state(self, state: WorldState, frame_actions: Sequence[Sequence[Any]]) -> tuple[np.ndarray, WorldState]:
+        """Like `step_state`, with one action per latent frame of the chunk for every session
+        (replaying recorded games, whose actions change from frame to frame)."""
+        fc = self.model.config.frames_per_chunk
+        if len(frame_actions) != state.batch_size or any(len(a) != fc for a in frame_actions):
+            raise ValueError(f"expected {state.batch_size} sessions x {fc} per-frame actions")
+        features = [self._action_features(list(a)) for a in frame_actions]  # each (fc, fc, A + 1)
+        if features[0] is None:
+            return self.step_features(state, None)
+        return self.step_features(state, torch.stack([f[:, 0] for f in features]))
+
+    @torch.inference_mode()
+    def step_features(self, state: WorldState, features: torch.Tensor | None) -> tuple[np.ndarray, WorldState]:
+        """Advance every session by one chunk given encoded action features (B, frames_per_chunk,
+        action_dim + 1) (last entry 1 = a real action, all zeros = no action), or None for a
+        prompt-only world. Actions are not validated here; `step_state` is the checked entry point."""
         cfg = self.model.config
+        if features is not None:
+            features = features.to(self.device, torch.float32)
         shape = (cfg.latent_channels, cfg.frames_per_chunk, cfg.latent_height, cfg.latent_width)
         noise = lambda: torch.stack([torch.randn(shape, generator=g) for g in state.generators]).to(self.device)  # noqa: E731
         t_chunk = lambda sigma: torch.full((state.batch_size, cfg.frames_per_chunk), float(sigma) * 1000.0, device=self.device)  # noqa: E731
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             v = self.model.denoise_chunk(x, t_chunk(sigma), features, state.cache)
-            return x - sigma * v
+            return x - sigma * v.float()  # latents stay fp32 whatever the model's dtype
 
         x0 = sample_few_step(denoise, noise(), self.sigmas, noise)
         self.model.commit_chunk(x0, t_chunk(0.0), features, state.cache)
         for b in range(state.batch_size):
             state.steps[b] += 1
-        return self._decode(x0), state
+        return self.codec.decode_chunk(x0, state.decoders).cpu().numpy(), state
 
     @torch.inference_mode()
     def prompt_state(self, state: WorldState, prompts: Sequence[str] | str, indices: Sequence[int] | None = None) -> WorldState:
@@ -255,7 +317,8 @@ class World:
     def _empty_state(self, prompt: str, seed: int) -> WorldState:
         param = next(self.model.parameters())
         cache = KVCache.empty(self.model.config, 1, self.spec.sink_frames, device=self.device, dtype=param.dtype)
-        state = WorldState(cache, [prompt], [torch.Generator().manual_seed(seed)], [0], [seed])
+        state = WorldState(cache, [prompt], [torch.Generator().manual_seed(seed)], [0], [seed],
+                           [self.codec.decoder_state()])
         return self.prompt_state(state, [prompt])
 
     def _encode_text(self, prompt: str) -> torch.Tensor:
@@ -276,12 +339,6 @@ class World:
         feats = torch.from_numpy(feats).to(self.device)
         return feats[:, None, :].expand(-1, self.model.config.frames_per_chunk, -1)
 
-    def _decode(self, latents: torch.Tensor) -> np.ndarray:
-        """(B, C, F, h, w) normalised latents -> uint8 (B, F, H, W, 3)."""
-        b, _, f = latents.shape[:3]
-        flat = latents.transpose(1, 2).flatten(0, 1)  # (B * F, C, h, w)
-        return self.autoencoder.decode(flat).reshape(b, f, self.spec.height, self.spec.width, 3).cpu().numpy()
-
     def _commit_context(self, state: WorldState, context: np.ndarray) -> np.ndarray:
         """Encode real frames and commit them as clean history (no action). Returns the last chunk of them."""
         context = np.asarray(context)
@@ -293,12 +350,13 @@ class World:
         if usable == 0:
             raise ValueError(f"context needs at least {chunk} frames (one chunk), got {len(context)}")
         context = context[len(context) - usable :]  # keep the most recent whole chunks
-        latents = self.autoencoder.encode(torch.from_numpy(context).to(self.device))  # (N, C, h, w)
-        latents = latents.transpose(0, 1).unsqueeze(0)  # (1, C, N, h, w)
+        latents = self.codec.encode_video(torch.from_numpy(context).to(self.device))  # (1, C, F, h, w)
+        if state.decoders[0] is not None:  # a causal decoder continues from the context's last frames
+            self.codec.decode_chunk(latents, state.decoders)
         cfg = self.model.config
         null = None if not cfg.action_dim else torch.zeros(1, cfg.frames_per_chunk, cfg.action_dim + 1, device=self.device)
         for start in range(0, latents.shape[2], cfg.frames_per_chunk):
-            x = latents[:, :, start : start + cfg.frames_per_chunk].to(next(self.model.parameters()).dtype)
+            x = latents[:, :, start : start + cfg.frames_per_chunk]
             self.model.commit_chunk(x, torch.zeros(1, cfg.frames_per_chunk, device=self.device), null, state.cache)
         return context[-chunk:].copy()
 

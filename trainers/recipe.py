@@ -1,0 +1,119 @@
+"""The whole Causal Forcing chain for one game, in one command:
+
+    python -m trainers.recipe --data data/pong --out runs/pong [--preset small] [--ablation]
+
+autoencoder -> latent cache -> AR teacher (teacher forcing) and bidirectional teacher -> causal ODE
+pairs and student -> DMD (real score: the bidirectional teacher) -> `<out>/world.safetensors`, a
+world that `World.load` and the env open. Each stage reads the previous stage's output and runs in
+its own folder under `--out`; running the command again resumes the stage that was interrupted and
+skips the finished ones. `--ablation` also trains the paper's comparisons from the same data and
+budget: diffusion forcing instead of teacher forcing, Self Forcing's ODE initialisation (pairs from
+the bidirectional teacher) + DMD, that initialisation alone, the AR teacher + DMD directly, and
+causal consistency distillation (+ DMD).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainers.app import run
+
+log = logging.getLogger("trainers.recipe")
+
+# Steps of each stage at --scale 1 (the small preset on a 2-core CPU; see docs/training.md).
+STEPS = {"autoencoder": 3000, "teacher": 4000, "ode": 1000, "cd": 1000, "dmd": 300}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    data: str
+    out: Path
+    preset: str
+    scale: float
+    batch_size: int
+    threads: int
+    ode_clips: int
+    autoencoder: str | None
+
+    def steps(self, stage: str) -> int:
+        return max(2, int(round(STEPS[stage] * self.scale)))
+
+    def train(self, folder: str, stage: dict, steps: int, batch_size: int | None = None) -> Path:
+        run_dir = self.out / folder
+        loop = {"max_steps": steps, "batch_size": batch_size or self.batch_size, "threads": self.threads,
+                "checkpoint_every": max(50, steps // 10), "log_every": max(1, min(50, steps // 20)),
+                "sample_every": 0, "eval_every": 0}
+        started = time.perf_counter()
+        run({"run_dir": str(run_dir), "loop": loop, "stage": stage,
+             "model": {"name": self.preset, "preset": self.preset, "autoencoder": self.preset}})
+        log.info("stage %s done in %.0f s", folder, time.perf_counter() - started)
+        return run_dir
+
+
+def build_latents(recipe: Recipe, autoencoder_file: Path) -> Path:
+    from worldsdk.autoencoder import load_autoencoder
+    from worldsdk.data.latents import build_latent_cache
+
+    return build_latent_cache(recipe.data, load_autoencoder(autoencoder_file), recipe.out / "latents")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="recordings folder (worldsdk record --out ...)")
+    parser.add_argument("--out", required=True, help="folder for every stage's run and the final world")
+    parser.add_argument("--preset", default="small", help="model preset (tiny, small)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (0.01 for a smoke run)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--ode-clips", type=int, default=256, help="clips of teacher trajectories to generate")
+    parser.add_argument("--autoencoder", default=None, help="use this trained autoencoder instead of training one")
+    parser.add_argument("--ablation", action="store_true", help="also train the paper's comparisons")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    recipe = Recipe(args.data, Path(args.out), args.preset, args.scale, args.batch_size, args.threads, args.ode_clips,
+                    args.autoencoder)
+    recipe.out.mkdir(parents=True, exist_ok=True)
+
+    if recipe.autoencoder:
+        ae_file = Path(recipe.autoencoder)
+    else:
+        ae_dir = recipe.train("autoencoder", {"name": "autoencoder", "data": [recipe.data]}, recipe.steps("autoencoder"), 32)
+        ae_file = ae_dir / "autoencoder.safetensors"
+    latents = str(build_latents(recipe, ae_file))
+    teacher = {"name": "teacher", "latents": latents, "autoencoder": str(ae_file)}
+
+    def world(folder: str) -> str:
+        return str(recipe.out / folder / "world.safetensors")
+
+    recipe.train("teacher-causal", {**teacher, "mode": "teacher_forcing"}, recipe.steps("teacher"))
+    recipe.train("teacher-bidirectional", {**teacher, "mode": "bidirectional"}, recipe.steps("teacher"))
+    ode = {"name": "ode", "latents": latents, "num_clips": recipe.ode_clips}
+    recipe.train("ode-causal", {**ode, "teacher": world("teacher-causal")}, recipe.steps("ode"))
+    dmd = {"name": "dmd", "latents": latents, "real": world("teacher-bidirectional")}
+    recipe.train("dmd-causal-forcing", {**dmd, "generator": world("ode-causal")}, recipe.steps("dmd"), 4)
+    final = recipe.out / "world.safetensors"
+    shutil.copyfile(world("dmd-causal-forcing"), final)
+
+    if args.ablation:
+        recipe.train("teacher-diffusion-forcing", {**teacher, "mode": "diffusion_forcing"}, recipe.steps("teacher"))
+        recipe.train("ode-bidirectional", {**ode, "teacher": world("teacher-bidirectional"), "teacher_kind": "bidirectional"},
+                     recipe.steps("ode"))
+        recipe.train("dmd-self-forcing", {**dmd, "generator": world("ode-bidirectional")}, recipe.steps("dmd"), 4)
+        recipe.train("dmd-teacher-direct", {**dmd, "generator": world("teacher-causal")}, recipe.steps("dmd"), 4)
+        recipe.train("cd-causal", {"name": "cd", "latents": latents, "teacher": world("teacher-causal")}, recipe.steps("cd"))
+
+    summary = {"world": str(final), "data": recipe.data, "preset": recipe.preset, "scale": recipe.scale,
+               "stages": {k: recipe.steps(k) for k in STEPS}}
+    (recipe.out / "recipe.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"world: {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
