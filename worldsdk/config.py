@@ -314,10 +314,11 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         num_heads=2, num_layers=2, freq_dim=32, text_dim=32, text_len=16, frames_per_chunk=2,
         action_dim=_GAME_ACTION.feature_dim,
     ),
-    # The CPU-trained default worlds: 64x64 frames -> 16x16x8 latents -> 64 tokens per frame.
+    # The CPU-trained default worlds: 64x64 frames -> 16x16x8 latents -> 4x4 patches, 16 tokens per frame;
+    # clips of 8 latent frames (4 chunks of 2). Sized so that every stage trains on a 2-core CPU.
     "small": ModelConfig(
-        latent_channels=8, latent_frames_max=16, latent_height=16, latent_width=16, dim=256, ffn_dim=1024,
-        num_heads=4, num_layers=8, freq_dim=128, text_dim=128, text_len=32, frames_per_chunk=2,
+        latent_channels=8, latent_frames_max=8, latent_height=16, latent_width=16, patch=(1, 4, 4), dim=256,
+        ffn_dim=1024, num_heads=4, num_layers=8, freq_dim=128, text_dim=128, text_len=32, frames_per_chunk=2,
         action_dim=_GAME_ACTION.feature_dim,
     ),
     # The paper's shapes (Wan2.1-T2V-1.3B): 832x480, 21 latent frames of 1,560 tokens, chunks of 3.
