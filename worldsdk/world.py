@@ -150,7 +150,7 @@ class World:
         Wan worlds, see docs/wan.md), a shipped world's name, or a preset name (random weights).
         `options`: dtype, attention, compile (see `World.__init__`)."""
         path = Path(name_or_path)
-        if path.is_dir() or path.name == "world.json":
+        if (path / "world.json").is_file() or (path.is_file() and path.name == "world.json"):
             from worldsdk.wan import load_world
 
             return load_world(path, device=device, **options)
@@ -163,8 +163,8 @@ class World:
                 return cls.from_preset(str(name_or_path), device=device, **options)
             else:
                 raise FileNotFoundError(
-                    f"no world {str(name_or_path)!r}: not a file, not a shipped world {shipped_worlds()}, "
-                    f"not a preset {sorted(MODEL_PRESETS)}"
+                    f"no world {str(name_or_path)!r}: not a file, not a folder with a world.json, "
+                    f"not a shipped world {shipped_worlds()}, not a preset {sorted(MODEL_PRESETS)}"
                 )
         tensors, meta = checkpoint.read(path)
         try:

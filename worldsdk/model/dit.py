@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from worldsdk.config import ModelConfig
+from worldsdk.model.attention import attention_backend, sdpa_attention
 from worldsdk.model.cache import KVCache
 from worldsdk.model.masks import block_causal_mask, teacher_forcing_mask
 from worldsdk.model.rope import Rope3D, apply_rope
@@ -47,12 +47,6 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """q (B, Lq, H, D), k/v (B, Lk, H, D), mask broadcastable to (B, H, Lq, Lk) -> (B, Lq, H * D)."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-    return out.transpose(1, 2).flatten(2)
-
-
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -63,6 +57,7 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(config.dim, config.dim)
         self.norm_q = RMSNorm(config.dim, config.eps)
         self.norm_k = RMSNorm(config.dim, config.eps)
+        self.attend = sdpa_attention  # the kernel; CausalDiT.set_attention swaps it
 
     def forward(self, x, rope_q, rope_k, mask, past=None):
         """Returns (output (B, L, dim), k, v of x pre-RoPE (B, L, H, D)). `past` = cached (k, v)."""
@@ -71,7 +66,7 @@ class SelfAttention(nn.Module):
         k = self.norm_k(self.k(x)).unflatten(-1, heads)
         v = self.v(x).unflatten(-1, heads)
         k_all, v_all = (k, v) if past is None else (torch.cat([past[0], k], 1), torch.cat([past[1], v], 1))
-        out = attention(apply_rope(q, rope_q), apply_rope(k_all, rope_k), v_all, mask)
+        out = self.attend(apply_rope(q, rope_q), apply_rope(k_all, rope_k), v_all, mask)
         return self.o(out), k, v
 
 
@@ -85,6 +80,7 @@ class CrossAttention(nn.Module):
         self.o = nn.Linear(config.dim, config.dim)
         self.norm_q = RMSNorm(config.dim, config.eps)
         self.norm_k = RMSNorm(config.dim, config.eps)
+        self.attend = sdpa_attention  # the kernel; CausalDiT.set_attention swaps it
 
     def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Embedded text (B, Lt, dim) -> k, v (B, Lt, H, D): the per-prompt cross-attention cache."""
@@ -93,7 +89,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, self.head_dim))
-        return self.o(attention(q, kv[0], kv[1], None))
+        return self.o(self.attend(q, kv[0], kv[1], None))
 
 
 class Block(nn.Module):
@@ -171,25 +167,52 @@ class CausalDiT(nn.Module):
         if self.action_embedding is not None:  # a new action pathway starts as a no-op (adaLN-zero style)
             nn.init.zeros_(self.action_embedding[-1].weight)
 
+    # -- inference set-up ---------------------------------------------------------------------------
+    FP32_MODULES = ("time_embedding", "time_projection", "action_embedding", "rope")
+
+    def to_inference_dtype(self, dtype: torch.dtype) -> "CausalDiT":
+        """Cast weights to `dtype` (bf16 on a GPU) but keep the timestep and action MLPs and the RoPE
+        angle tables in fp32 (bf16 angles of ~50 rad would be off by ~0.2 rad).
+
+        As diffusers' Wan port does (`_keep_in_fp32_modules`): the per-frame modulation is computed in
+        fp32 from an fp64 sinusoid and only then cast to the blocks' dtype.
+        """
+        self.to(dtype)
+        for name in self.FP32_MODULES:
+            module = getattr(self, name)
+            if module is not None:
+                module.float()
+        return self
+
+    def set_attention(self, name: str) -> "CausalDiT":
+        """Install an attention kernel ('sdpa', 'flash' or 'auto'; see worldsdk.model.attention) in every layer."""
+        kernel = attention_backend(name, self.patch_embedding.weight.device)
+        for block in self.blocks:
+            block.self_attn.attend = kernel
+            block.cross_attn.attend = kernel
+        return self
+
     # -- shared pieces ------------------------------------------------------------------------------
     def embed_text(self, text: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Text features (B, Lt, text_dim) -> per-layer cross-attention (k, v)."""
-        context = self.text_embedding(text)
+        context = self.text_embedding(text.to(self.text_embedding[0].weight))  # its dtype and device
         return [block.cross_attn.text_kv(context) for block in self.blocks]
 
     def _conditioning(self, t: torch.Tensor, actions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """t (B, F), actions (B, F, A + 1) -> e (B, F, dim) for the head, e0 (B, F, 6, dim) for blocks."""
-        e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t))  # (B, F, dim)
+        time_dtype = self.time_embedding[0].weight.dtype  # fp32 unless the whole model was cast
+        e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t).to(time_dtype))  # (B, F, dim)
         if self.action_embedding is not None:
             if actions is None:
                 raise ValueError("this model is action-conditioned: pass action features (B, F, action_dim + 1)")
-            e = e + self.action_embedding(actions.to(e.dtype))
+            e = e + self.action_embedding(actions.to(self.action_embedding[0].weight.dtype)).to(e.dtype)
         e0 = self.time_projection(e).unflatten(-1, (6, self.config.dim))  # (B, F, 6, dim)
-        return e, e0
+        dtype = self.patch_embedding.weight.dtype  # the blocks' dtype
+        return e.to(dtype), e0.to(dtype)
 
     def _patchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, F, H, W) -> tokens (B, F * T, dim), frame-major."""
-        return self.patch_embedding(x).flatten(2).transpose(1, 2)
+        return self.patch_embedding(x.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
 
     def _unpatchify(self, tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
         """(B, F * T, C * ph * pw) -> (B, C, F, H, W), Wan's (p, q, r, c) channel order."""
