@@ -13,7 +13,7 @@ import torch
 import zmq
 
 from worldsdk import World
-from worldsdk.bridge import AuthenticationError, Client, ProtocolError, Server, SessionLostError
+from worldsdk.bridge import AuthenticationError, Client, ProtocolError, Server, SessionLostError, VersionMismatchError
 from worldsdk.bridge import protocol as P
 from worldsdk.bridge.cli import generate_keys
 from worldsdk.bridge.testing import NoiseWorld
@@ -125,6 +125,37 @@ def test_another_major_version_is_refused_at_the_handshake(server):
     peer.close()
 
 
+def test_the_client_raises_a_clear_error_on_another_major_version(server):
+    client = Client(server.address, timeout_ms=5000)
+    client.protocol_version = (P.PROTOCOL_VERSION[0] + 1, 0)
+    with pytest.raises(VersionMismatchError, match="protocol"):
+        client.hello()
+    client.close()
+
+
+def test_a_req_socket_is_served_too(server):
+    req = zmq.Context.instance().socket(zmq.REQ)
+    req.linger = 0
+    req.connect(server.address)
+    req.send(msgpack.packb({"type": "ping", "id": 1}))
+    assert req.poll(5000)
+    assert msgpack.unpackb(req.recv())["type"] == "pong"
+    req.close()
+
+
+def test_a_slow_step_retried_by_the_client_is_stepped_once():
+    world = NoiseWorld(16, 16, 2, step_seconds=0.6)
+    with Server(world, "tcp://127.0.0.1:*").start() as server:
+        client = Client(server.address, timeout_ms=250, retries=6)
+        client.reset(seed=0)
+        frames = client.step(3)  # times out at least once: the client reconnects and sends it again
+        assert client.chunk == 1 and server.sessions[client.session].chunks == 1
+        want, _ = world.step_state(world.init_state(1, seeds=[0])[1], [3])
+        np.testing.assert_array_equal(frames, want[0])
+        assert client.step(2).shape == frames.shape and client.chunk == 2
+        client.close()
+
+
 def test_a_client_can_act_only_on_its_own_sessions(server):
     with Client(server.address, timeout_ms=5000) as owner:
         owner.reset(seed=0)
@@ -203,21 +234,23 @@ def test_max_sessions_is_enforced(world):
 
 
 KILLED_CLIENT = """
-import sys, time
-from worldsdk.bridge import Client
-client = Client(sys.argv[1], timeout_ms=10000)
-client.reset(seed=0)
-client.step(1)
-print(client.session, flush=True)
+import sys, time, msgpack, zmq
+socket = zmq.Context().socket(zmq.DEALER)
+socket.connect(sys.argv[1])
+def request(header):
+    socket.send(msgpack.packb(header))
+    return msgpack.unpackb(socket.recv_multipart()[0])
+session = request({"type": "reset", "id": 1, "seed": 0})["session"]
+request({"type": "step", "id": 2, "session": session, "action": 1})
+print(session, flush=True)
 time.sleep(60)
-"""
+"""  # a bare client (no torch import, so it starts fast); killed with SIGKILL mid-episode
 
 
 def test_a_killed_client_loses_its_session_within_the_lease(world):
     lease = 1.0
     with Server(world, "tcp://127.0.0.1:*", lease_s=lease).start() as server:
-        env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        child = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, server.address], stdout=subprocess.PIPE, env=env, text=True)
+        child = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, server.address], stdout=subprocess.PIPE, text=True)
         try:
             session = child.stdout.readline().strip()
             assert session in server.sessions
@@ -255,8 +288,9 @@ def test_curve_lets_in_known_keys_only(world, tmp_path):
     stranger = generate_keys(tmp_path / "stranger")
     server = Server(world, "tcp://127.0.0.1:*", curve_secret_key=keys["server_secret"], curve_clients_dir=keys["clients_dir"])
     with server.start():
-        with Client(server.address, timeout_ms=5000, curve_server_key=keys["server_public"], curve_client_key=keys["client_secret"]) as good:
-            assert good.reset(seed=0).shape == world.observation_shape
+        good = Client(server.address, timeout_ms=5000, curve_server_key=keys["server_public"], curve_client_key=keys["client_secret"])
+        assert good.reset(seed=0).shape == world.observation_shape
+        good.close()
         wrong = Client(server.address, timeout_ms=5000, retries=0, curve_server_key=keys["server_public"],
                        curve_client_key=stranger["client_secret"])
         with pytest.raises(AuthenticationError, match="refused"):
@@ -273,6 +307,14 @@ def test_serve_command_refuses_to_bind_beyond_localhost_without_curve():
     from worldsdk.cli import main
 
     assert main(["serve", "--world", "tiny", "--bind", "tcp://0.0.0.0:5599"]) == 2
+
+
+def test_serve_command_generates_curve_keys(tmp_path):
+    from worldsdk.cli import main
+
+    assert main(["serve", "--gen-keys", str(tmp_path)]) == 0
+    names = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert names == {"server.key", "server.key_secret", "client.key", "client.key_secret", "clients/client.key"}
 
 
 def test_serve_command_serves(tmp_path):

@@ -1,0 +1,268 @@
+"""The Python bridge client: one remote world session over a ZeroMQ DEALER socket.
+
+    client = Client("tcp://127.0.0.1:5555")
+    info = client.hello()                 # the world's spec, checked protocol version
+    frames = client.reset(prompt="pong", seed=0)   # uint8 (chunk, H, W, 3)
+    frames = client.step(2)
+    client.close()
+
+Every request waits at most `timeout_ms`; on a timeout the socket is closed and reopened under the
+same routing id (so the server still knows the client) and the request is sent again with the same
+id, which the server answers from its reply cache if it had already served it (Lazy Pirate, zguide
+ch. 4). A session the server no longer knows raises `SessionLostError`; `reset()` starts a new one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from worldsdk.config import WorldSpec
+
+from . import protocol as P
+
+log = logging.getLogger(__name__)
+
+_HANDSHAKE_FAILURES = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the server refused this client's CURVE key",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the ZeroMQ handshake failed (CURVE on one side only, or another protocol)",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the ZeroMQ handshake failed (wrong server key?)",
+}
+
+
+@dataclass(frozen=True)
+class WorldInfo:
+    """What the server said at hello: protocol version, world spec, frame layout and limits."""
+
+    protocol: tuple[int, int]
+    server: str
+    spec: WorldSpec
+    chunk_frames: int
+    observation_shape: tuple[int, ...]
+    codecs: tuple[str, ...]
+    lease_s: float
+    max_request_bytes: int
+
+    @property
+    def action_space(self):
+        return self.spec.action.to_space()
+
+    @staticmethod
+    def from_reply(header: dict) -> "WorldInfo":
+        return WorldInfo(
+            protocol=tuple(header["v"]),
+            server=str(header["server"]),
+            spec=WorldSpec.from_dict(header["world"]),
+            chunk_frames=int(header["chunk_frames"]),
+            observation_shape=tuple(int(s) for s in header["observation"]["shape"]),
+            codecs=tuple(header["codecs"]),
+            lease_s=float(header["lease_s"]),
+            max_request_bytes=int(header["max_request_bytes"]),
+        )
+
+
+class Client:
+    """A remote world session. Not thread-safe: use one Client per thread.
+
+    Arguments:
+        address: the server's endpoint, e.g. "tcp://127.0.0.1:5555".
+        timeout_ms: how long one try of a request waits for its reply.
+        retries: how many times a request is sent again after a timeout.
+        codec: "raw" (exact frames) or "jpeg" (smaller, lossy: for thin links).
+        curve_server_key: the server's public key file (turns on CURVE).
+        curve_client_key: this client's secret key file (*.key_secret); CURVE only.
+    """
+
+    protocol_version: tuple[int, int] = P.PROTOCOL_VERSION
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_ms: int = 30_000,
+        retries: int = 1,
+        codec: str = "raw",
+        jpeg_quality: int = 90,
+        curve_server_key: str | Path | None = None,
+        curve_client_key: str | Path | None = None,
+        name: str = "worldsdk-python",
+        context: zmq.Context | None = None,
+    ):
+        if codec not in P.CODECS:
+            raise ValueError(f"codec must be one of {list(P.CODECS)}, got {codec!r}")
+        self.address = address
+        self.timeout_ms = int(timeout_ms)
+        self.retries = int(retries)
+        self.codec = codec
+        self.jpeg_quality = int(jpeg_quality)
+        self.name = name
+        self.info: WorldInfo | None = None
+        self.session: str | None = None
+        self.chunk: int | None = None  # index of the last chunk received since the reset (0 = the reset's)
+        self._context = context or zmq.Context.instance()
+        self._curve = self._load_curve(curve_server_key, curve_client_key)
+        self._routing_id = b"w" + secrets.token_bytes(15)  # kept across reconnects: the server knows us by it
+        self._ids = itertools.count(1)
+        self._socket: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
+        self._open()
+
+    @staticmethod
+    def _load_curve(server_key, client_key):
+        if server_key is None and client_key is None:
+            return None
+        if server_key is None or client_key is None:
+            raise ValueError("CURVE needs both curve_server_key (public) and curve_client_key (secret)")
+        import zmq.auth
+
+        server_public, _ = zmq.auth.load_certificate(server_key)
+        public, secret = zmq.auth.load_certificate(client_key)
+        if secret is None:
+            raise ValueError(f"{client_key} holds no secret key (pass the client's *.key_secret file)")
+        return server_public, public, secret
+
+    # -- socket ----------------------------------------------------------------------------------
+    def _open(self) -> None:
+        socket = self._context.socket(zmq.DEALER)
+        socket.linger = 0
+        socket.routing_id = self._routing_id
+        if self._curve is not None:
+            socket.curve_serverkey, socket.curve_publickey, socket.curve_secretkey = self._curve
+        self._monitor = socket.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        )
+        socket.connect(self.address)
+        self._socket = socket
+
+    def _close_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._socket.close(linger=0)
+            self._socket = self._monitor = None
+
+    def _request(self, header: dict, timeout_ms: int | None = None, retries: int | None = None, payload: list = ()) -> tuple[dict, list]:
+        """Send one request and wait for its reply; raise the error it carries, if any."""
+        if self._socket is None:
+            raise P.BridgeError("this client is closed")
+        timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
+        retries = self.retries if retries is None else retries
+        header = {**header, "id": next(self._ids)}
+        message = P.pack_header(header)
+        for attempt in range(retries + 1):
+            if attempt:
+                log.warning("no reply to %s #%d from %s in %d ms; reconnecting", header["type"], header["id"], self.address, timeout_ms)
+                self._close_socket()
+                self._open()
+            self._socket.send_multipart([message, *payload], copy=False)
+            reply = self._wait(header["id"], time.monotonic() + timeout_ms / 1000)
+            if reply is not None:
+                return reply
+        raise P.BridgeTimeoutError(
+            f"no reply to {header['type']!r} from {self.address} after {retries + 1} tries of {timeout_ms} ms; is the server running?"
+        )
+
+    def _wait(self, request_id: int, deadline: float) -> tuple[dict, list] | None:
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        while (left := deadline - time.monotonic()) > 0:
+            ready = dict(poller.poll(max(1, int(left * 1000))))
+            if self._monitor in ready:
+                event = parse_monitor_message(self._monitor.recv_multipart())
+                reason = _HANDSHAKE_FAILURES.get(event["event"])
+                if reason is not None:
+                    raise P.AuthenticationError(f"{self.address}: {reason}")
+            if self._socket in ready:
+                parts = self._socket.recv_multipart(copy=False)
+                header = P.unpack_header(parts[0].bytes, limit=None)  # the server is trusted more than its clients
+                if header.get("id") != request_id:
+                    continue  # a late reply to an earlier try
+                if header.get("type") == "error":
+                    raise P.error_from_reply(header)
+                return header, parts[1:]
+        return None
+
+    # -- requests --------------------------------------------------------------------------------
+    def hello(self) -> WorldInfo:
+        """Check the protocol version and learn the world's spec (also kept as `self.info`)."""
+        header, _ = self._request({"type": "hello", "v": list(self.protocol_version), "client": self.name})
+        self.info = WorldInfo.from_reply(header)
+        if self.info.protocol != tuple(self.protocol_version):
+            log.warning("server speaks bridge protocol %d.%d, this client %d.%d", *self.info.protocol, *self.protocol_version)
+        return self.info
+
+    def reset(self, prompt: str | None = None, seed: int | None = None, context: np.ndarray | None = None) -> np.ndarray:
+        """Start (or restart) this client's session; return the first chunk, uint8 (chunk, H, W, 3).
+
+        `context`: real frames, uint8 (N, H, W, 3), for the world to continue from; the first chunk
+        is then their last `chunk` frames.
+        """
+        header = {"type": "reset", "prompt": prompt, "seed": None if seed is None else int(seed), "codec": self.codec}
+        if self.codec == "jpeg":
+            header["quality"] = self.jpeg_quality
+        payload = []
+        if context is not None:
+            context = np.ascontiguousarray(context)
+            if context.dtype != np.uint8 or context.ndim != 4:
+                raise ValueError(f"context must be uint8 frames (N, H, W, 3), got {context.dtype} {context.shape}")
+            header["context"] = {"dtype": "uint8", "shape": list(context.shape)}
+            payload = [context]
+        if self.session is not None:
+            try:
+                return self._frames(self._request({**header, "session": self.session}, payload=payload))
+            except P.SessionLostError:
+                log.info("session %s was lost; starting a new one", self.session)
+                self.session = None
+        return self._frames(self._request(header, payload=payload))
+
+    def step(self, action) -> np.ndarray:
+        """Send one action; return the next chunk, uint8 (chunk, H, W, 3), read-only."""
+        return self._frames(self._request({"type": "step", "session": self._session(), "action": P.action_to_wire(action)}))
+
+    def set_prompt(self, text: str) -> None:
+        """Change the prompt of this session from the next chunk on."""
+        self._request({"type": "set_prompt", "session": self._session(), "prompt": text})
+
+    def ping(self) -> float:
+        """Renew the lease; return the round trip in seconds."""
+        start = time.perf_counter()
+        self._request({"type": "ping"})
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        """Close the session on the server (best effort) and the socket. Safe to call twice."""
+        if self._socket is None:
+            return
+        if self.session is not None:
+            try:
+                self._request({"type": "close", "session": self.session}, timeout_ms=min(self.timeout_ms, 1000), retries=0)
+            except P.BridgeError as e:
+                log.debug("closing session %s: %s", self.session, e)
+            self.session = None
+        self._close_socket()
+
+    def _session(self) -> str:
+        if self.session is None:
+            raise P.BridgeError("no session: call reset() first")
+        return self.session
+
+    def _frames(self, reply: tuple[dict, list]) -> np.ndarray:
+        header, parts = reply
+        self.session = header["session"]
+        self.chunk = header.get("chunk")
+        return P.decode_frames(header["frames"], [part.buffer for part in parts])
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

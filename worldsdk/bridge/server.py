@@ -1,0 +1,493 @@
+"""The bridge server: one World served to many clients over a ZeroMQ ROUTER socket.
+
+The server is a thin client of the World's batched-session API (`init_state`, `step_state`,
+`prompt_state`, `WorldState.stack/split`); it never touches the model or the cache. One thread runs
+a poll loop: it drains every request waiting on the socket, answers the cheap ones at once, and runs
+the step requests of all sessions that are waiting as ONE batched forward (new-session resets
+likewise as one `init_state`). Requests of one session are answered in the order they came.
+
+Sessions belong to the client (ZeroMQ routing id) that created them and are named by an unguessable
+id; a request naming another client's session is answered exactly like one naming no session. Each
+client holds a lease renewed by every message it sends; when it lapses, the client's sessions (and
+their caches) are freed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from . import protocol as P
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "worldsdk-bridge"
+
+
+@dataclass
+class Session:
+    """One client's world: its explicit WorldState (batch size 1) and how it wants its frames."""
+
+    id: str
+    owner: bytes  # routing id of the client that created it
+    state: Any
+    codec: str = "raw"
+    quality: int = 90
+    chunks: int = 0  # chunks returned since the last reset (the reset chunk is 0)
+    last_played: float = 0.0  # monotonic time of its last step or reset
+
+
+@dataclass
+class Peer:
+    """A client as the server knows it: when it was last heard from and what it was last told."""
+
+    routing_id: bytes
+    last_seen: float
+    sessions: set[str] = field(default_factory=set)
+    last_reply: tuple[int, list] | None = None  # (request id, reply parts): a retried request gets it again
+
+
+@dataclass
+class Request:
+    envelope: list[bytes]  # routing id, plus an empty delimiter if the client is a REQ socket
+    header: dict
+    type: str
+    id: int
+    context: np.ndarray | None = None  # reset only: real frames (N, H, W, 3) to continue from
+
+    @property
+    def session_id(self) -> str | None:
+        return self.header.get("session")
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for ipc://, inproc:// and tcp:// endpoints bound to a loopback address."""
+    transport, _, rest = endpoint.partition("://")
+    if transport in ("ipc", "inproc"):
+        return True
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # "*", an interface name or a host name
+        return False
+
+
+class Server:
+    """Serve `world` on `bind` (a ZeroMQ endpoint; "tcp://127.0.0.1:*" picks a free port).
+
+    Arguments:
+        lease_s: a client silent for this long loses its sessions.
+        max_sessions: sessions held at once, over all clients.
+        max_batch: most sessions stepped in one forward.
+        batch_window_ms: how long a step may wait for the steps of the other sessions that are
+            playing (stepped in the last second) to join its batch; 0 steps whatever is waiting.
+        max_context_frames: most context frames a reset may carry (default 4 chunks).
+        max_request_bytes: a request larger than this is answered with `too_large` (default: a
+            64 KiB header plus the largest context); a single part larger than twice this is cut
+            by ZeroMQ itself (the peer is disconnected, no reply).
+        curve_secret_key: path of the server's secret key file (zmq.auth format); turns on CURVE.
+        curve_clients_dir: folder of the public key files of the clients allowed in (CURVE only).
+    """
+
+    def __init__(
+        self,
+        world,
+        bind: str = "tcp://127.0.0.1:5555",
+        *,
+        lease_s: float = 60.0,
+        max_sessions: int = 64,
+        max_batch: int = 32,
+        batch_window_ms: float = 5.0,
+        max_request_bytes: int | None = None,
+        max_context_frames: int | None = None,
+        curve_secret_key: str | Path | None = None,
+        curve_clients_dir: str | Path | None = None,
+        context: zmq.Context | None = None,
+    ):
+        self.world = world
+        self.spec = world.spec
+        self.lease_s = float(lease_s)
+        self.max_sessions = int(max_sessions)
+        self.max_batch = int(max_batch)
+        self.batch_window_s = float(batch_window_ms) / 1000
+        frame_bytes = self.spec.height * self.spec.width * 3
+        self.max_context_frames = int(max_context_frames or 4 * world.chunk_frames)
+        self.max_request_bytes = int(max_request_bytes or P.MAX_HEADER_BYTES + self.max_context_frames * frame_bytes)
+        self.max_peers = max(1024, 4 * self.max_sessions)
+        self.sessions: dict[str, Session] = {}
+        self.peers: dict[bytes, Peer] = {}
+        self.batch_sizes: Counter[int] = Counter()  # batch size -> forwards made (steps and resets), for tests and benchmarks
+        self._pending: deque[Request] = deque()
+        self._hello = self._hello_fields()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+        self._own_context = context is None
+        self.context = context or zmq.Context()
+        self._auth = None
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.linger = 0
+        self.socket.router_handover = 1  # a client that reconnects with its routing id takes it over
+        self.socket.maxmsgsize = 2 * self.max_request_bytes  # beyond this ZeroMQ drops the peer without a reply
+        if curve_secret_key is not None:
+            self._setup_curve(Path(curve_secret_key), curve_clients_dir)
+        elif curve_clients_dir is not None:
+            raise ValueError("curve_clients_dir needs curve_secret_key")
+        self.socket.bind(bind)
+        self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.curve = curve_secret_key is not None
+        if not is_loopback(self.address) and not self.curve:
+            log.warning("serving %s beyond localhost without CURVE: anyone who can reach it can use it", self.address)
+        log.info("serving world %r on %s (lease %.0f s, CURVE %s)", self.spec.name, self.address, self.lease_s,
+                 "on" if self.curve else "off")
+
+    def _setup_curve(self, secret_path: Path, clients_dir) -> None:
+        import zmq.auth
+        from zmq.auth.thread import ThreadAuthenticator
+
+        public, secret = zmq.auth.load_certificate(secret_path)
+        if secret is None:
+            raise ValueError(f"{secret_path} holds no secret key (pass the *.key_secret file)")
+        if clients_dir is None:
+            raise ValueError("CURVE needs curve_clients_dir: the folder of the allowed clients' public keys")
+        self._auth = ThreadAuthenticator(self.context, log=logging.getLogger(__name__ + ".auth"))
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(clients_dir))
+        self.socket.curve_secretkey = secret
+        self.socket.curve_publickey = public
+        self.socket.curve_server = True
+
+    def _hello_fields(self) -> dict:
+        spec = self.spec
+        return {
+            "v": list(P.PROTOCOL_VERSION),
+            "server": SERVER_NAME,
+            "world": spec.to_dict(),
+            "chunk_frames": int(self.world.chunk_frames),
+            "observation": {"dtype": "uint8", "shape": [int(s) for s in self.world.observation_shape]},
+            "fps": float(spec.fps),
+            "codecs": list(P.CODECS),
+            "lease_s": self.lease_s,
+            "max_request_bytes": self.max_request_bytes,
+            "max_context_frames": self.max_context_frames,
+            "max_sessions": self.max_sessions,
+        }
+
+    # -- running ---------------------------------------------------------------------------------
+    def start(self) -> "Server":
+        """Serve in a background thread (tests, notebooks); `stop()` ends it."""
+        self._thread = threading.Thread(target=self.serve_forever, name="worldsdk-bridge", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self, poll_ms: int = 100) -> None:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        while not self._stop.is_set():
+            self.run_once(poller, poll_ms)
+
+    def run_once(self, poller: zmq.Poller, poll_ms: int) -> None:
+        """Wait up to `poll_ms` for requests, answer everything that is waiting, free lapsed leases."""
+        if poller.poll(poll_ms):
+            self._drain()
+            while self._pending and not self._stop.is_set():
+                self._gather()
+                try:
+                    self._serve_round()
+                except Exception:  # a bug must not take the server down; the round's clients time out
+                    log.exception("a serving round failed")
+                self._drain()  # what came in during the forward joins the next batch
+                self._expire()  # leases lapse under load too
+        self._expire()
+
+    def _gather(self) -> None:
+        """Wait (at most the batch window) until every session that is playing has its step in."""
+        deadline = time.monotonic() + self.batch_window_s
+        while True:
+            now = time.monotonic()
+            waiting = {r.session_id for r in self._pending if r.type == "step"}
+            if not waiting or now >= deadline:
+                return
+            playing = sum(1 for s in self.sessions.values() if s.last_played > now - 1.0)
+            if len(waiting) >= min(playing, self.max_batch) or not self.socket.poll(max(1, int(1000 * (deadline - now)))):
+                return
+            self._drain()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.close()
+
+    def close(self) -> None:
+        if self.socket.closed:
+            return
+        self.socket.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        if self._own_context:
+            self.context.term()
+        self.sessions.clear()
+        self.peers.clear()
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- receiving -------------------------------------------------------------------------------
+    def _drain(self, limit: int = 4096) -> None:
+        """Take every message waiting on the socket without blocking; queue valid requests."""
+        for _ in range(limit):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._accept(frames)
+            except Exception:  # a bug here must not take the server down
+                log.exception("failed to handle a message")
+
+    def _accept(self, frames: list[bytes]) -> None:
+        routing_id, body = frames[0], frames[1:]
+        envelope = [routing_id]
+        if body and body[0] == b"":  # REQ clients put an empty delimiter before the header
+            envelope.append(b"")
+            body = body[1:]
+        now = time.monotonic()
+        peer = self.peers.get(routing_id)
+        if peer is not None:
+            peer.last_seen = now  # any message shows the client is alive
+        try:
+            request = self._parse(envelope, body)
+        except P.ProtocolError as e:
+            log.debug("refused a message from %s: %s", routing_id.hex(), e)
+            self._send_error(envelope, e.code, e.message, e.request_id)
+            return
+        if peer is None:
+            if len(self.peers) >= self.max_peers:
+                self._send_error(envelope, P.BUSY, f"the server serves {self.max_peers} clients already", request.id)
+                return
+            peer = self.peers[routing_id] = Peer(routing_id, now)
+        if peer.last_reply is not None and peer.last_reply[0] == request.id:
+            self._send(envelope, peer.last_reply[1])  # a retry of a request already answered
+            return
+        if any(r.envelope[0] == routing_id and r.id == request.id for r in self._pending):
+            return  # a retry of a request still waiting
+        self._pending.append(request)
+
+    def _parse(self, envelope: list[bytes], body: list[bytes]) -> Request:
+        if not body:
+            raise P.ProtocolError(P.BAD_MESSAGE, "empty message: expected a msgpack header part")
+        size = sum(len(part) for part in body)
+        if size > self.max_request_bytes:
+            raise P.ProtocolError(P.TOO_LARGE, f"request is {size} bytes; the limit is {self.max_request_bytes}")
+        header = P.unpack_header(body[0])
+        kind = P.validate_request(header)
+        rid = header["id"]
+        parts = 1 if "context" in header else 0
+        if len(body) - 1 != parts:
+            raise P.ProtocolError(P.BAD_MESSAGE, f"this {kind!r} request needs {parts} payload part(s), got {len(body) - 1}", rid)
+        try:
+            if kind == "hello":
+                P.check_version(header["v"])
+            context = self._context(header["context"], body[1]) if parts else None
+        except P.ProtocolError as e:
+            raise P.ProtocolError(e.code, e.message, rid) from None
+        return Request(envelope, header, kind, rid, context)
+
+    def _context(self, meta: dict, data: bytes) -> np.ndarray:
+        n, h, w, c = meta["shape"]
+        if (h, w, c) != (self.spec.height, self.spec.width, 3) or not self.world.chunk_frames <= n <= self.max_context_frames:
+            raise P.ProtocolError(
+                P.BAD_FIELD,
+                f"context must be uint8 frames (N, {self.spec.height}, {self.spec.width}, 3) with "
+                f"{self.world.chunk_frames} <= N <= {self.max_context_frames}, got shape {meta['shape']}",
+            )
+        try:
+            return P.decode_frames({"codec": "raw", **meta}, [data]).copy()
+        except P.ProtocolError as e:
+            raise P.ProtocolError(P.BAD_FIELD, f"context: {e.message}") from None
+
+    # -- serving ---------------------------------------------------------------------------------
+    def _serve_round(self) -> None:
+        """Answer the queue in order, stepping each session at most once, in one batched forward."""
+        steps: list[tuple[Request, Session, Any]] = []
+        resets: list[tuple[Request, Session | None]] = []
+        busy: set[str] = set()  # sessions with a step or reset in this round
+        deferred: deque[Request] = deque()
+        pending, self._pending = self._pending, deque()
+        for request in pending:
+            sid = request.session_id
+            if sid in busy or (request.type == "step" and len(steps) >= self.max_batch) or (
+                request.type == "reset" and len(resets) >= self.max_batch
+            ):
+                deferred.append(request)
+                if sid is not None:
+                    busy.add(sid)  # later requests of this session wait for it
+                continue
+            try:
+                if request.type == "step":
+                    session = self._session(request)
+                    action = self._action(request)
+                    steps.append((request, session, action))
+                    busy.add(sid)
+                elif request.type == "reset":
+                    session = self._session(request) if sid is not None else None
+                    if session is None and len(self.sessions) + sum(s is None for _, s in resets) >= self.max_sessions:
+                        raise P.ProtocolError(P.BUSY, f"the server holds {self.max_sessions} sessions already; close one or retry later")
+                    resets.append((request, session))
+                    if sid is not None:
+                        busy.add(sid)
+                else:
+                    self._answer_now(request)
+            except P.ProtocolError as e:
+                self._send_error(request.envelope, e.code, e.message, request.id)
+            except Exception as e:
+                log.exception("failed to answer a %s request", request.type)
+                self._send_error(request.envelope, P.INTERNAL, f"{type(e).__name__}: {str(e)[:500]}", request.id)
+        self._pending = deferred
+        if resets:
+            self._run_resets(resets)
+        if steps:
+            self._run_steps(steps)
+
+    def _session(self, request: Request) -> Session:
+        session = self.sessions.get(request.session_id)
+        if session is None or session.owner != request.envelope[0]:
+            raise P.ProtocolError(
+                P.UNKNOWN_SESSION,
+                f"session {request.session_id} is not open on this server for this client "
+                "(closed, lease expired or server restarted); reset to start a new one",
+            )
+        return session
+
+    def _action(self, request: Request):
+        try:
+            return P.action_from_wire(self.spec.action, request.header["action"], self.spec.key_map)
+        except (ValueError, TypeError) as e:
+            raise P.ProtocolError(P.BAD_ACTION, str(e)[:1000]) from None
+
+    def _answer_now(self, request: Request) -> None:
+        kind, reply = request.type, {"type": P.REPLY_TYPE[request.type], "id": request.id}
+        if kind == "hello":
+            reply.update(self._hello)
+        elif kind == "ping":
+            peer = self.peers.get(request.envelope[0])
+            reply["sessions"] = sorted(peer.sessions) if peer is not None else []
+        elif kind == "set_prompt":
+            session = self._session(request)
+            session.state = self._call(self.world.prompt_state, session.state, [request.header["prompt"]])
+            reply["session"] = session.id
+        elif kind == "close":
+            session = self._session(request)
+            self._free(session)
+            reply["session"] = session.id
+        self._reply(request, [P.pack_header(reply)])
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except ValueError as e:
+            raise P.ProtocolError(P.BAD_FIELD, str(e)[:1000]) from None
+        except Exception as e:
+            log.exception("the world raised in %s", getattr(fn, "__name__", fn))
+            raise P.ProtocolError(P.INTERNAL, f"the world raised {type(e).__name__}: {str(e)[:500]}") from None
+
+    def _run_resets(self, resets: list[tuple[Request, Session | None]]) -> None:
+        prompts = [r.header.get("prompt") for r, _ in resets]  # None: the world's default prompt
+        seeds = [r.header.get("seed") for r, _ in resets]  # None: a fresh random seed
+        contexts = [r.context for r, _ in resets]
+        try:
+            frames, state = self.world.init_state(batch_size=len(resets), prompts=prompts, seeds=seeds, contexts=contexts)
+            states = state.split()
+            self.batch_sizes[len(resets)] += 1
+        except Exception as e:
+            log.exception("init_state failed for %d sessions", len(resets))
+            for request, _ in resets:
+                self._send_error(request.envelope, P.INTERNAL, f"the world raised {type(e).__name__}: {str(e)[:500]}", request.id)
+            return
+        for i, (request, session) in enumerate(resets):
+            if session is None:
+                session = Session(secrets.token_hex(16), request.envelope[0], states[i])
+                self.sessions[session.id] = session
+                peer = self.peers.get(request.envelope[0])
+                if peer is not None:
+                    peer.sessions.add(session.id)
+                log.info("opened session %s for client %s (%d open)", session.id, request.envelope[0].hex(), len(self.sessions))
+            session.state, session.chunks, session.last_played = states[i], 0, time.monotonic()
+            session.codec = request.header.get("codec", session.codec)
+            session.quality = request.header.get("quality", session.quality)
+            self._send_frames(request, session, frames[i])
+
+    def _run_steps(self, steps: list[tuple[Request, Session, Any]]) -> None:
+        try:
+            states = [session.state for _, session, _ in steps]
+            frames, state = self.world.step_state(type(states[0]).stack(states), [action for _, _, action in steps])
+            new_states = state.split()
+            self.batch_sizes[len(steps)] += 1
+        except Exception:
+            if len(steps) == 1:
+                request = steps[0][0]
+                log.exception("step_state failed for session %s", request.session_id)
+                message = "the world raised while stepping; the session keeps its previous state"
+                self._send_error(request.envelope, P.INTERNAL, message, request.id)
+                return
+            log.exception("a batched step of %d sessions failed; stepping them one by one", len(steps))
+            for item in steps:
+                self._run_steps([item])
+            return
+        for i, (request, session, _) in enumerate(steps):
+            session.state = new_states[i]
+            session.chunks += 1
+            session.last_played = time.monotonic()
+            self._send_frames(request, session, frames[i])
+
+    def _expire(self) -> None:
+        deadline = time.monotonic() - self.lease_s
+        for routing_id in [r for r, peer in self.peers.items() if peer.last_seen < deadline]:
+            peer = self.peers.pop(routing_id)
+            for sid in list(peer.sessions):
+                log.info("lease of client %s lapsed: freeing session %s", routing_id.hex(), sid)
+                self._free(self.sessions[sid])
+
+    def _free(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        peer = self.peers.get(session.owner)
+        if peer is not None:
+            peer.sessions.discard(session.id)
+
+    # -- sending ---------------------------------------------------------------------------------
+    def _send_frames(self, request: Request, session: Session, frames: np.ndarray) -> None:
+        meta, parts = P.encode_frames(np.asarray(frames), session.codec, session.quality)
+        header = {"type": "frames", "id": request.id, "session": session.id, "chunk": session.chunks, "frames": meta}
+        self._reply(request, [P.pack_header(header), *parts])
+
+    def _reply(self, request: Request, parts: list) -> None:
+        peer = self.peers.get(request.envelope[0])
+        if peer is not None:
+            peer.last_reply = (request.id, parts)
+        self._send(request.envelope, parts)
+
+    def _send_error(self, envelope: list[bytes], code: str, message: str, request_id: int | None) -> None:
+        self._send(envelope, [P.pack_header({"type": "error", "id": request_id, "code": code, "message": message})])
+
+    def _send(self, envelope: list[bytes], parts: list) -> None:
+        try:
+            self.socket.send_multipart(envelope + parts, copy=False)
+        except zmq.ZMQError as e:  # the client is gone or its queue is full: its lease will lapse
+            log.debug("could not reply to %s: %s", envelope[0].hex(), e)
