@@ -15,6 +15,20 @@ from typing import Any, Mapping
 
 import numpy as np
 
+def dataclass_from_dict(cls, d: Mapping, tuple_fields: tuple[str, ...] = ()):
+    """Build a frozen config dataclass from its JSON dict, refusing unknown fields (a config from a
+    newer or different version must not be silently half-read); JSON lists become tuples."""
+    names = {f.name for f in fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}")
+    d = dict(d)
+    for name in tuple_fields:
+        if name in d:
+            d[name] = tuple(d[name])
+    return cls(**d)
+
+
 # ----------------------------------------------------------------------------------------------
 # Action specs
 # ----------------------------------------------------------------------------------------------
@@ -236,30 +250,12 @@ class ModelConfig:
 
     @staticmethod
     def from_dict(d: Mapping) -> "ModelConfig":
-        names = {f.name for f in fields(ModelConfig)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields {sorted(unknown)}")
-        d = dict(d)
-        if "patch" in d:
-            d["patch"] = tuple(d["patch"])
-        return ModelConfig(**d)
+        return dataclass_from_dict(ModelConfig, d, ("patch",))
 
 
 # ----------------------------------------------------------------------------------------------
 # World spec
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    """Rolling KV window: `sink_frames` first frames are kept forever, then the most recent ones.
-
-    The window holds at most `latent_frames_max - frames_per_chunk` committed frames, so a chunk
-    being denoised is never placed beyond the trained clip length.
-    """
-
-    sink_frames: int = 1
 
 
 @dataclass(frozen=True)
@@ -288,15 +284,9 @@ class WorldSpec:
 
     @staticmethod
     def from_dict(d: Mapping) -> "WorldSpec":
-        names = {f.name for f in fields(WorldSpec)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown WorldSpec fields {sorted(unknown)}")
         d = dict(d)
         d["action"] = ActionSpec.from_dict(d["action"])
-        d["prompts"] = tuple(d.get("prompts", ()))
-        d["denoising_steps"] = tuple(float(s) for s in d.get("denoising_steps", (1000.0, 750.0, 500.0, 250.0)))
-        return WorldSpec(**d)
+        return dataclass_from_dict(WorldSpec, d, ("prompts", "denoising_steps"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -47,10 +47,12 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
-class SelfAttention(nn.Module):
+class Attention(nn.Module):
+    """The projections Wan's self- and cross-attention share: q, k, v, o and RMSNorm on q and k."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.num_heads, self.head_dim = config.num_heads, config.head_dim
+        self.heads = (config.num_heads, config.head_dim)
         self.q = nn.Linear(config.dim, config.dim)
         self.k = nn.Linear(config.dim, config.dim)
         self.v = nn.Linear(config.dim, config.dim)
@@ -59,37 +61,30 @@ class SelfAttention(nn.Module):
         self.norm_k = RMSNorm(config.dim, config.eps)
         self.attend = sdpa_attention  # the kernel; CausalDiT.set_attention swaps it
 
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm_q(self.q(x)).unflatten(-1, self.heads)  # (B, L, H, D)
+
+    def key_value(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.norm_k(self.k(x)).unflatten(-1, self.heads), self.v(x).unflatten(-1, self.heads)
+
+
+class SelfAttention(Attention):
     def forward(self, x, rope_q, rope_k, mask, past=None):
         """Returns (output (B, L, dim), k, v of x pre-RoPE (B, L, H, D)). `past` = cached (k, v)."""
-        heads = (self.num_heads, self.head_dim)
-        q = self.norm_q(self.q(x)).unflatten(-1, heads)  # (B, L, H, D)
-        k = self.norm_k(self.k(x)).unflatten(-1, heads)
-        v = self.v(x).unflatten(-1, heads)
+        q = self.query(x)
+        k, v = self.key_value(x)
         k_all, v_all = (k, v) if past is None else (torch.cat([past[0], k], 1), torch.cat([past[1], v], 1))
         out = self.attend(apply_rope(q, rope_q), apply_rope(k_all, rope_k), v_all, mask)
         return self.o(out), k, v
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.num_heads, self.head_dim = config.num_heads, config.head_dim
-        self.q = nn.Linear(config.dim, config.dim)
-        self.k = nn.Linear(config.dim, config.dim)
-        self.v = nn.Linear(config.dim, config.dim)
-        self.o = nn.Linear(config.dim, config.dim)
-        self.norm_q = RMSNorm(config.dim, config.eps)
-        self.norm_k = RMSNorm(config.dim, config.eps)
-        self.attend = sdpa_attention  # the kernel; CausalDiT.set_attention swaps it
-
+class CrossAttention(Attention):
     def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Embedded text (B, Lt, dim) -> k, v (B, Lt, H, D): the per-prompt cross-attention cache."""
-        heads = (self.num_heads, self.head_dim)
-        return self.norm_k(self.k(context)).unflatten(-1, heads), self.v(context).unflatten(-1, heads)
+        return self.key_value(context)
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, self.head_dim))
-        return self.o(self.attend(q, kv[0], kv[1], None))
+        return self.o(self.attend(self.query(x), kv[0], kv[1], None))
 
 
 class Block(nn.Module):
