@@ -122,10 +122,12 @@ def long_episode_memory(preset: str, chunks: int, sample_every: int = 100) -> di
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke check, not a measurement)")
     parser.add_argument("--out", default="benchmarks/results/world.json", help="JSON file for the results")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (small models run best on one)")
 
 
 def main(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     quick = args.quick
     results = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
