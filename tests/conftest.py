@@ -8,8 +8,10 @@ import pytest
 import torch
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+# Tiny models gain nothing from intra-op threads, and threads oversubscribe a shared 2-core machine
+# (spinning OpenMP workers made steps 10x slower here); subprocesses of the tests inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-# Tiny models gain nothing from intra-op threads, and threads oversubscribe a shared 2-core machine.
 torch.set_num_threads(1)
 
 

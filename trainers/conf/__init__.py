@@ -1,0 +1,1 @@
+"""Hydra configs of worldsdk-train (a package so that Hydra finds them when installed)."""

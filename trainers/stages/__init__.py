@@ -1,0 +1,1 @@
+"""Training stages, one file each; `trainers.app.STAGES` maps `stage=<name>` to the class."""
