@@ -152,7 +152,8 @@ def test_autoencoder_stage_objective_overfits_one_batch(tmp_path):
 
     data = write_synthetic_recording(tmp_path / "pong", episodes=2, steps=20)
     torch.manual_seed(0)
-    stage = AutoencoderStage(AutoencoderStageConfig(data=(str(data),)), ModelChoice("tiny", "tiny", "tiny"), RunContext(tmp_path, torch.device("cpu")))
+    config = AutoencoderStageConfig(data=(str(data),), relative_hard_pixel_weight=0.3)
+    stage = AutoencoderStage(config, ModelChoice("tiny", "tiny", "tiny"), RunContext(tmp_path, torch.device("cpu")))
     batch = torch.stack([stage.dataset()[i] for i in range(8)])
     optimizer = torch.optim.AdamW(stage.autoencoder.parameters(), lr=3e-3)
     losses, psnrs = [], []

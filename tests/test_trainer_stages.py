@@ -107,3 +107,30 @@ def test_recipe_command_writes_a_world(chain, tmp_path):
     world = World.load(out / "world.safetensors")
     assert world.info["stage"] == "dmd"
     assert world.step(3).shape == (2, 32, 32, 3)
+
+
+def test_world_stages_run_from_the_command_line_with_their_yaml(chain, tmp_path):
+    """`worldsdk-train stage=teacher|ode|cd|dmd` through Hydra: the YAML mirrors each stage's dataclass."""
+    import subprocess
+    import sys
+
+    root, ae, latents = chain
+    common = ["model=tiny", "loop.device=cpu", "loop.threads=1", "loop.batch_size=2", "loop.max_steps=2",
+              "loop.progress=false", "loop.tensorboard=false", f"stage.latents={latents}"]
+
+    def cli(name: str, *overrides: str) -> Path:
+        run_dir = tmp_path / name
+        cmd = [sys.executable, "-m", "trainers.app", *overrides, *common, f"run_dir={run_dir}"]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return run_dir / "world.safetensors"
+
+    causal = cli("teacher", "stage=teacher", f"stage.autoencoder={ae}")
+    bidir = cli("bidir", "stage=teacher", "stage.mode=bidirectional", f"stage.autoencoder={ae}")
+    ode = cli("ode", "stage=ode", f"stage.teacher={causal}", "stage.num_clips=2", "stage.generate_batch=2", "stage.ode_steps=8")
+    cli("cd", "stage=cd", f"stage.teacher={causal}", "stage.ode_steps=8")
+    dmd = cli("dmd", "stage=dmd", f"stage.generator={ode}", f"stage.real={bidir}")
+    assert World.load(dmd).info["stage"] == "dmd"
+    result = subprocess.run([sys.executable, "-m", "trainers.app", "stage=teacher", "stage.mode=nope", *common,
+                             f"run_dir={tmp_path / 'bad'}", f"stage.autoencoder={ae}"], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "stage.mode must be one of" in result.stderr

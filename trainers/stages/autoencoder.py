@@ -61,7 +61,7 @@ class AutoencoderStageConfig:
     mse_weight: float = 1.0
     hard_pixel_weight: float = 1.0  # weight of the mean of each frame's worst `hard_pixels` pixel errors
     hard_pixels: int = 8
-    relative_hard_pixel_weight: float = 0.3  # the same on foreground pixels, errors / contrast to the background
+    relative_hard_pixel_weight: float = 0.0  # the same on foreground pixels, errors / contrast to the background
     contrast_floor: float = 0.05  # smallest contrast divided by (image units: 0.05 = 6 of 255 levels)
     ema_decay: float = 0.0  # 0: no EMA; else evaluate and export the EMA weights
     stats_frames: int = 2048  # training frames sampled for the latent mean / std
