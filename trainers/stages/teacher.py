@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from trainers.objectives import TEACHER_MODES, drop_conditioning, teacher_loss
 from trainers.stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
 from trainers.stages import worlds
+from worldsdk.config import MODEL_PRESETS
 from worldsdk.data.datasets import collate_clips
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class TeacherStage(Stage):
             clip = config.clip_frames or self.model.config.latent_frames_max
             self.data = worlds.open_latent_clips(config.latents, clip)
         else:
-            preset_frames = worlds.MODEL_PRESETS[model.preset].latent_frames_max
+            preset_frames = MODEL_PRESETS[model.preset].latent_frames_max
             self.data = worlds.open_latent_clips(config.latents, config.clip_frames or preset_frames)
             self.spec = worlds.spec_for_dataset(self.data, model.preset)
             self.model, self.text_encoder, self.autoencoder = worlds.fresh_parts(model.preset, self.spec, config.autoencoder)
