@@ -8,20 +8,10 @@ model world, whose batched frames must equal what it gives in-process one sessio
 import threading
 
 import numpy as np
-import pytest
-import torch
 
 from worldsdk import World
 from worldsdk.bridge import Client, Server
 from worldsdk.bridge.testing import NoiseWorld
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def actions_of(client_index: int, steps: int) -> list[int]:

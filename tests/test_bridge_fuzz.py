@@ -10,8 +10,6 @@ import time
 
 import msgpack
 import numpy as np
-import pytest
-import torch
 import zmq
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -67,14 +65,6 @@ def valid_requests(session: str) -> list[dict]:
         {"type": "close", "id": 7, "session": session},
         {"type": "ping", "id": 7},
     ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_fuzzed_messages_each_get_an_error_and_a_good_client_sees_no_difference(caplog):
