@@ -134,13 +134,17 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key, "<missing>"), current.get(key, "<missing>")
         if isinstance(a, dict) and isinstance(b, dict):
             out += _config_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
+        elif _plain(a) != _plain(b):  # a saved JSON list equals the current tuple
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
 
