@@ -27,6 +27,7 @@ STAGES: dict[str, str] = {
     "ode": "trainers.stages.ode:OdeStage",
     "cd": "trainers.stages.cd:CdStage",
     "dmd": "trainers.stages.dmd:DmdStage",
+    "reward": "trainers.stages.reward:RewardStage",
 }
 
 

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("worldsdk.demo", "play the default world headless with random actions and save a video"),
     "play": ("worldsdk.viewer.cli", "play a world in a pygame window (keyboard, mouse, prompts)"),
     "eval": ("worldsdk.evaluation", "replay held-out real episodes in a world and measure fidelity, actions, ball, drift"),
+    "export": ("worldsdk.export", "write a trained world compactly (int8) with its training summary, to ship in the package"),
     "bench": ("worldsdk.bench", "measure World.step speed, cache vs recompute, and memory"),
     "record": ("worldsdk.data.cli", "record episodes of a Gymnasium game into a dataset"),
     "serve": ("worldsdk.bridge.cli", "serve a world to engines and remote agents over ZeroMQ"),

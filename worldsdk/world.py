@@ -12,6 +12,11 @@ appends the clean chunk's K/V -> autoencoder decode -> uint8 frames (B, chunk, H
 Frames are decoded through a `worldsdk.codec.VideoCodec`: the per-frame `FrameAutoencoder` of the
 small worlds, or Wan's causal video VAE (`worldsdk.wan.WanVAE`), whose per-session decoder state
 rides in `WorldState.decoders` so each step decodes only its new chunk.
+
+Optional parts, stored in the same file: a `RewardModel` (`worldsdk.reward`), which reads every
+step's generated latents before they are decoded and keeps its per-session memory in
+`WorldState.rewards` (`predicted_rewards` reads its predictions for the last chunk); and a bank of
+real starts (`start_frames` uint8 (N, T, H, W, 3) with one prompt each, `worldsdk.starts`).
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ from worldsdk.codec import VideoCodec, as_codec
 from worldsdk.config import MODEL_PRESETS, ModelConfig, WorldSpec, preset
 from worldsdk.diffusion import sample_few_step, warped_sigmas
 from worldsdk.model import ByteTextConfig, ByteTextEncoder, CausalDiT, KVCache, TextEncoder
+from worldsdk.reward import RewardConfig, RewardModel, RewardState
 
 log = logging.getLogger(__name__)
 
 SHIPPED_WORLDS_DIR = Path(__file__).parent / "worlds"
+START_FRAMES_TENSOR = "starts.frames"  # the bank of real starts inside a world file
 
 
 def shipped_worlds() -> list[str]:
@@ -60,8 +67,8 @@ def _fresh_seed() -> int:
 
 @dataclass
 class WorldState:
-    """Live sessions of a world: one KV cache batch plus per-item prompt, noise generator, step count
-    and video-decoder state (None for a per-frame autoencoder)."""
+    """Live sessions of a world: one KV cache batch plus per-item prompt, noise generator, step count,
+    video-decoder state (None for a per-frame autoencoder) and reward memory (None without a reward model)."""
 
     cache: KVCache
     prompts: list[str]
@@ -69,6 +76,7 @@ class WorldState:
     steps: list[int]
     seeds: list[int]
     decoders: list[Any] = field(default_factory=list)
+    rewards: RewardState | None = None
 
     def __post_init__(self):
         if not self.decoders:
@@ -88,13 +96,15 @@ class WorldState:
             steps=[n for s in states for n in s.steps],
             seeds=[n for s in states for n in s.seeds],
             decoders=[None if d is None else d.copy() for s in states for d in s.decoders],
+            rewards=None if any(s.rewards is None for s in states) else RewardState.stack([s.rewards for s in states]),
         )
 
     def split(self) -> list["WorldState"]:
         """One state per batch item (sharing this state's buffers)."""
+        rewards = [None] * self.batch_size if self.rewards is None else self.rewards.split()
         return [
             WorldState(cache=c, prompts=[self.prompts[b]], generators=[self.generators[b]], steps=[self.steps[b]],
-                       seeds=[self.seeds[b]], decoders=[self.decoders[b]])
+                       seeds=[self.seeds[b]], decoders=[self.decoders[b]], rewards=rewards[b])
             for b, c in enumerate(self.cache.split())
         ]
 
@@ -104,9 +114,13 @@ class World:
 
     def __init__(self, model: CausalDiT, autoencoder: FrameAutoencoder | VideoCodec, text_encoder: TextEncoder,
                  spec: WorldSpec, device: str | torch.device = "cpu", info: dict | None = None,
-                 dtype: torch.dtype | None = None, attention: str = "sdpa", compile: bool | str = False):
+                 dtype: torch.dtype | None = None, attention: str = "sdpa", compile: bool | str = False,
+                 reward_model: RewardModel | None = None, start_frames: np.ndarray | None = None,
+                 start_prompts: Sequence[str] | None = None):
         """`dtype` casts the DiT (bf16 on a GPU; its timestep MLPs stay fp32); `attention` picks the kernel
-        ('sdpa', 'flash', 'auto'); `compile` wraps each block in torch.compile (True or a mode name)."""
+        ('sdpa', 'flash', 'auto'); `compile` wraps each block in torch.compile (True or a mode name).
+        `reward_model` and `start_frames` / `start_prompts` are the optional parts (see `set_reward_model`
+        and `set_start_bank`)."""
         mc = model.config
         ac = autoencoder.config
         if mc.latent_channels != ac.latent_channels or (mc.latent_height * ac.stride, mc.latent_width * ac.stride) != (spec.height, spec.width):
@@ -131,6 +145,13 @@ class World:
         self.sigmas = warped_sigmas(spec.denoising_steps, spec.timestep_shift).to(self.device)
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.state: WorldState | None = None
+        self.reward_model: RewardModel | None = None
+        self.start_frames: np.ndarray | None = None
+        self.start_prompts: list[str] = []
+        if reward_model is not None:
+            self.set_reward_model(reward_model)
+        if start_frames is not None:
+            self.set_start_bank(start_frames, start_prompts if start_prompts is not None else [spec.default_prompt] * len(start_frames))
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -177,16 +198,32 @@ class World:
         model, autoencoder, text = CausalDiT(model_config), FrameAutoencoder(ae_config), ByteTextEncoder(text_config)
         for module, prefix in ((model, "model"), (autoencoder, "autoencoder"), (text, "text_encoder")):
             checkpoint.load_state(module, checkpoint.split_prefix(tensors, prefix), path, prefix)
+        reward_model = None
+        if "reward_config" in meta:  # optional parts: files without them still load
+            try:
+                reward_model = RewardModel(RewardConfig.from_dict(meta["reward_config"]))
+            except (TypeError, ValueError) as exc:
+                raise checkpoint.CheckpointError(f"{path}: invalid reward_config in metadata: {exc}") from exc
+            checkpoint.load_state(reward_model, checkpoint.split_prefix(tensors, "reward"), path, "reward")
+        start_frames = tensors[START_FRAMES_TENSOR].numpy() if START_FRAMES_TENSOR in tensors else None
         info = dict(meta.get("info", {}), source=str(path), trained=meta.get("info", {}).get("trained", True))
-        return cls(model, autoencoder, text, spec, device, info=info, **options)
+        try:
+            return cls(model, autoencoder, text, spec, device, info=info, reward_model=reward_model,
+                       start_frames=start_frames, start_prompts=meta.get("start_prompts"), **options)
+        except ValueError as exc:
+            raise checkpoint.CheckpointError(f"{path}: {exc}") from exc
 
-    def save(self, path: str | Path, info: dict | None = None) -> Path:
-        """Write this world (weights, configs, spec, info) to one safetensors file."""
+    def save(self, path: str | Path, info: dict | None = None, storage: str = "exact") -> Path:
+        """Write this world (weights, configs, spec, info, and the reward model and start bank when it has
+        them) to one safetensors file. `storage`: see `worldsdk.checkpoint.atomic_save`."""
         if not isinstance(self.autoencoder, FrameAutoencoder) or not isinstance(self.text_encoder, ByteTextEncoder):
             raise TypeError("only worlds with a FrameAutoencoder and a ByteTextEncoder fit one file; a Wan world is a "
                             "folder: save its DiT with worldsdk.wan.save_transformer and see worldsdk.wan.write_world_json")
         tensors = {}
-        for module, prefix in ((self.model, "model"), (self.autoencoder, "autoencoder"), (self.text_encoder, "text_encoder")):
+        parts = [(self.model, "model"), (self.autoencoder, "autoencoder"), (self.text_encoder, "text_encoder")]
+        if self.reward_model is not None:
+            parts.append((self.reward_model, "reward"))
+        for module, prefix in parts:
             tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
         meta = {
             "format": checkpoint.FORMAT, "format_version": checkpoint.FORMAT_VERSION,
@@ -194,7 +231,70 @@ class World:
             "autoencoder_config": self.autoencoder.config.to_dict(), "text_encoder_config": self.text_encoder.config.to_dict(),
             "info": {**self.info, **(info or {})},
         }
-        return checkpoint.atomic_save(tensors, meta, path)
+        if self.reward_model is not None:
+            meta["reward_config"] = self.reward_model.config.to_dict()
+        if self.start_frames is not None:
+            tensors[START_FRAMES_TENSOR] = torch.from_numpy(self.start_frames)
+            meta["start_prompts"] = list(self.start_prompts)
+        if storage == "exact":  # keeps working with a checkpoint module that predates `storage`
+            return checkpoint.atomic_save(tensors, meta, path)
+        return checkpoint.atomic_save(tensors, meta, path, storage=storage)
+
+    # -- optional parts: reward model, start bank ---------------------------------------------------------
+    def set_reward_model(self, reward_model: RewardModel | None) -> None:
+        """Attach (or with None remove) a reward model; it must read this world's latents and actions.
+        Sessions started before keep no reward memory: start new ones."""
+        if reward_model is not None:
+            mc, rc = self.model.config, reward_model.config
+            if (rc.latent_channels, rc.latent_height, rc.latent_width, rc.action_dim) != (
+                    mc.latent_channels, mc.latent_height, mc.latent_width, mc.action_dim):
+                raise ValueError(
+                    f"reward model reads {rc.latent_channels}x{rc.latent_height}x{rc.latent_width} latents with "
+                    f"{rc.action_dim} action features; this world makes {mc.latent_channels}x{mc.latent_height}x"
+                    f"{mc.latent_width} with {mc.action_dim}")
+            reward_model = reward_model.to(self.device).eval()
+        self.reward_model = reward_model
+
+    def set_start_bank(self, frames: np.ndarray | None, prompts: Sequence[str] | None = None) -> None:
+        """Ship real starts with this world: uint8 frames (N, T, H, W, 3) with T >= one chunk, one prompt
+        each (see `worldsdk.starts.build_start_bank`); None removes the bank."""
+        if frames is None:
+            self.start_frames, self.start_prompts = None, []
+            return
+        frames = np.asarray(frames)
+        expected = (self.spec.height, self.spec.width, 3)
+        if frames.dtype != np.uint8 or frames.ndim != 5 or frames.shape[2:] != expected or len(frames) == 0:
+            raise ValueError(f"start frames must be uint8 (N, T, {expected[0]}, {expected[1]}, 3) with N >= 1, "
+                             f"got {frames.dtype} {frames.shape}")
+        if frames.shape[1] < self.chunk_frames:
+            raise ValueError(f"each start needs at least {self.chunk_frames} frames (one chunk), got {frames.shape[1]}")
+        prompts = list(prompts) if prompts is not None else [self.spec.default_prompt] * len(frames)
+        if len(prompts) != len(frames) or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"expected {len(frames)} start prompts (str), got {prompts!r}")
+        self.start_frames, self.start_prompts = np.ascontiguousarray(frames), prompts
+
+    @property
+    def num_starts(self) -> int:
+        """Entries in the bank of real starts (0: none)."""
+        return 0 if self.start_frames is None else len(self.start_frames)
+
+    def start(self, index: int) -> tuple[np.ndarray, str]:
+        """Real start `index` of the bank: its context frames (T, H, W, 3) and its prompt."""
+        if self.start_frames is None:
+            raise ValueError("this world has no bank of real starts (see worldsdk.starts.build_start_bank)")
+        return self.start_frames[index], self.start_prompts[index]
+
+    def predicted_rewards(self, state: WorldState | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The reward model's predictions for the frames of each session's last chunk (the last step, or
+        the context's last chunk): rewards float32 (B, F) and terminated bool (B, F). `state`: default the
+        single session's."""
+        if self.reward_model is None:
+            raise ValueError("this world has no reward model: its rewards are not predicted (train one with "
+                             "`worldsdk-train stage=reward`, see docs/rewards.md)")
+        state = self.state if state is None else state
+        if state is None or state.rewards is None:
+            raise ValueError("no reward memory in this state: start sessions with init_state / reset after attaching the reward model")
+        return state.rewards.rewards.cpu().numpy(), state.rewards.terminated.cpu().numpy()
 
     # -- shapes ------------------------------------------------------------------------------------------
     @property
@@ -275,6 +375,7 @@ class World:
         self.model.commit_chunk(x0, t_chunk(0.0), features, state.cache)
         for b in range(state.batch_size):
             state.steps[b] += 1
+        self._predict_rewards(state, x0, features)
         return self.codec.decode_chunk(x0, state.decoders).cpu().numpy(), state
 
     @torch.inference_mode()
@@ -317,9 +418,19 @@ class World:
     def _empty_state(self, prompt: str, seed: int) -> WorldState:
         param = next(self.model.parameters())
         cache = KVCache.empty(self.model.config, 1, self.spec.sink_frames, device=self.device, dtype=param.dtype)
+        rewards = None if self.reward_model is None else self.reward_model.empty_state(1, self.device)
         state = WorldState(cache, [prompt], [torch.Generator().manual_seed(seed)], [0], [seed],
-                           [self.codec.decoder_state()])
+                           [self.codec.decoder_state()], rewards)
         return self.prompt_state(state, [prompt])
+
+    def _predict_rewards(self, state: WorldState, latents: torch.Tensor, features: torch.Tensor | None) -> None:
+        """Run the reward model over a chunk's latents (B, C, F, h, w), updating the sessions' reward memory."""
+        if self.reward_model is None or state.rewards is None:
+            return
+        rewards = self.reward_model.step(latents.transpose(1, 2).float(), features, state.rewards)
+        fc = self.model.config.frames_per_chunk  # keep one chunk's predictions, so that states stack
+        rewards.rewards, rewards.terminated = rewards.rewards[:, -fc:], rewards.terminated[:, -fc:]
+        state.rewards = rewards
 
     def _encode_text(self, prompt: str) -> torch.Tensor:
         if prompt not in self._text_cache:
@@ -358,6 +469,7 @@ class World:
         for start in range(0, latents.shape[2], cfg.frames_per_chunk):
             x = latents[:, :, start : start + cfg.frames_per_chunk]
             self.model.commit_chunk(x, torch.zeros(1, cfg.frames_per_chunk, device=self.device), null, state.cache)
+        self._predict_rewards(state, latents, None)  # the reward memory sees the context, without actions
         return context[-chunk:].copy()
 
 
