@@ -175,3 +175,27 @@ def test_start_bank_needs_the_starts_api_or_says_so(tmp_path, tiny_world_file):
                           starts=2, check_steps=2)
     assert World.load(result.path).info["start_bank"]["starts"] == 2
     assert json.loads(result.summary_path.read_text())["start_bank"]["starts"] == 2
+
+
+def test_reward_model_of_another_world_file_is_attached(tmp_path, tiny_world_file):
+    from worldsdk.reward import RewardConfig, RewardModel
+
+    donor = World.load(tiny_world_file)
+    mc = donor.model.config
+    torch.manual_seed(1)
+    donor.set_reward_model(RewardModel(RewardConfig(latent_channels=mc.latent_channels, latent_height=mc.latent_height,
+                                                    latent_width=mc.latent_width, action_dim=mc.action_dim, channels=8, hidden=16)))
+    donor_file = donor.save(tmp_path / "donor.safetensors")
+    result = export_world(tiny_world_file, "tiny", tmp_path / "out.safetensors", "int8", check_steps=2, reward_from=donor_file)
+    exported = World.load(result.path)
+    assert exported.info["reward_model"]["from"] == str(donor_file)
+    for name, value in donor.reward_model.state_dict().items():  # small reward tensors are stored exactly
+        stored = exported.reward_model.state_dict()[name]
+        assert torch.allclose(stored, value, atol=float(value.abs().max()) / 200 + 1e-8), name
+    with pytest.raises(ValueError, match="no reward model"):
+        export_world(tiny_world_file, "tiny", tmp_path / "x.safetensors", "int8", check_steps=2, reward_from=tiny_world_file)
+    other = World.from_preset("tiny", seed=5)  # another autoencoder: its latents mean something else
+    other.set_reward_model(donor.reward_model)
+    other_file = other.save(tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="different autoencoder"):
+        export_world(tiny_world_file, "tiny", tmp_path / "y.safetensors", "int8", check_steps=2, reward_from=other_file)

@@ -88,10 +88,24 @@ def attach_start_bank(world, dataset_dir: str, count: int, frames: int, seed: in
     world.set_start_bank(clips, prompts)
 
 
+def attach_reward_model(world, source: str | Path) -> None:
+    """Give `world` the reward model of another world file (a stage=reward run's world.safetensors):
+    the reward model reads latents, so both worlds must share the same autoencoder."""
+    from worldsdk.data.latents import autoencoder_fingerprint
+    from worldsdk.world import World
+
+    donor = World.load(source)
+    if donor.reward_model is None:
+        raise ValueError(f"{source} has no reward model (train one with worldsdk-train stage=reward)")
+    if autoencoder_fingerprint(donor.autoencoder) != autoencoder_fingerprint(world.autoencoder):
+        raise ValueError(f"{source}: its reward model reads latents of a different autoencoder than this world's")
+    world.set_reward_model(donor.reward_model)
+
+
 def export_world(world: str | Path, name: str, out: str | Path | None = None, storage: str = "int8",
                  summary: str | Path | None = None, eval_results: str | Path | None = None,
                  starts_from: str | None = None, starts: int = 8, start_frames: int = 0,
-                 check_steps: int = 16, seed: int = 0) -> ExportResult:
+                 check_steps: int = 16, seed: int = 0, reward_from: str | Path | None = None) -> ExportResult:
     """Write `world` compactly to `out` (default: the package's shipped worlds folder, as `name`) with
     its training summary and evaluation attached, plus `<out stem>.json`; then reload and check it."""
     from worldsdk.world import SHIPPED_WORLDS_DIR, World
@@ -105,6 +119,10 @@ def export_world(world: str | Path, name: str, out: str | Path | None = None, st
             original.autoencoder.config.temporal_stride)
         attach_start_bank(original, starts_from, starts, frames, seed)
         info["start_bank"] = {"dataset": str(starts_from), "starts": starts, "frames": frames}
+    if reward_from:
+        attach_reward_model(original, reward_from)
+        info["reward_model"] = {"from": str(reward_from), "metrics": _read_json(Path(reward_from).parent / "reward_metrics.json")
+                                if (Path(reward_from).parent / "reward_metrics.json").is_file() else None}
     info["storage"] = storage
 
     original.save(out, info=info, storage=storage)
@@ -137,7 +155,7 @@ def _summary(world, info: dict, result: ExportResult) -> dict:
         "game": spec.name, "resolution": [spec.height, spec.width], "fps": spec.fps, "chunk_frames": world.chunk_frames,
         "prompts": list(spec.prompts), "default_prompt": spec.default_prompt, "description": spec.description,
         "model_config": world.model.config.to_dict(), "fidelity": info["fidelity"],
-        "start_bank": info.get("start_bank"), "training": info["training"], "eval": info["eval"],
+        "start_bank": info.get("start_bank"), "reward_model": info.get("reward_model"), "training": info["training"], "eval": info["eval"],
     }
 
 
@@ -152,6 +170,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--starts-from", default=None, help="recorded dataset to take a bank of real start frames from")
     parser.add_argument("--starts", type=int, default=8, help="start clips in the bank")
     parser.add_argument("--start-frames", type=int, default=0, help="frames per start clip (0: fill the KV cache window)")
+    parser.add_argument("--reward-from", default=None, help="world file whose reward model to attach (a stage=reward "
+                        "run's world.safetensors; same autoencoder)")
     parser.add_argument("--check-steps", type=int, default=16, help="steps of the fidelity check rollout")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output file (default: worldsdk/worlds/<name>.safetensors)")
@@ -165,7 +185,7 @@ def shipped_bytes(folder: Path) -> int:
 def main(args: argparse.Namespace) -> int:
     try:
         result = export_world(args.world, args.name, args.out, args.storage, args.summary, args.eval, args.starts_from,
-                              args.starts, args.start_frames, args.check_steps, args.seed)
+                              args.starts, args.start_frames, args.check_steps, args.seed, args.reward_from)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:  # CheckpointError is a ValueError
         print(f"worldsdk export: {exc}", file=sys.stderr)
         return 1
