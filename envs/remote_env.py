@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.world_env import NO_REWARD_NOTE, START_MODES
 from worldsdk.bridge import Client
 
 
@@ -26,22 +27,33 @@ class RemoteWorldEnv(gym.Env):
     (lossy only with `codec="jpeg"`). The arrays are read-only views of the received message.
 
     ## Rewards
-    Always 0 (`info["reward_predicted"]` is False).
+    As in `worldsdk/World-v0`, computed by the server: when the served world has a reward model, the
+    sum of the rewards it predicts for the chunk's frames, with `info["reward_predicted"] = True` and
+    the per-frame values in `info["frame_rewards"]`. Otherwise always 0, with
+    `info["reward_predicted"] = False` and a note in `info["reward_note"]` (also with a server of
+    bridge protocol 1.0, which predicts no rewards).
 
     ## Starting State
-    A new session on the server; its noise seed comes from `np_random`, so `reset(seed=...)` is
-    reproducible. `options={"prompt": str}` sets the prompt, `options={"context": frames}` (uint8
-    (N, H, W, 3)) makes the world continue from real frames.
+    A new session on the server; its noise seed (and the bank entry of a real start) come from
+    `np_random`, so `reset(seed=...)` is reproducible and matches `worldsdk/World-v0` with the same
+    world. `start="real"` (the default when the served world has a bank of real starts): the
+    session continues from a bank entry (`info["start_index"]`; its prompt is used unless one is
+    given); `start="prompt"`: the world generates a first chunk. `reset(options=)` takes "start" to
+    override the mode for one episode, "context" (uint8 frames (N, H, W, 3), which wins over
+    "start") to continue from frames of your own, and "prompt" (str).
 
     ## Episode End
-    Never terminates on its own; truncation comes from the `TimeLimit` wrapper (1000 steps by
-    default). A session lost on the server (restart, lapsed lease) raises
-    `worldsdk.bridge.SessionLostError`; the next `reset()` starts a new one.
+    Terminates when the served world's reward model predicts an episode end within the chunk
+    (never without one); truncation comes from the `TimeLimit` wrapper (1000 steps by default). A
+    session lost on the server (restart, lapsed lease) raises `worldsdk.bridge.SessionLostError`;
+    the next `reset()` starts a new one.
 
     ## Arguments
     `address`: the server's endpoint ("tcp://127.0.0.1:5555"). `render_mode`: "rgb_array" (the last
-    frame). `timeout_ms`, `retries`: per-request timeout and retries. `prompt`: default prompt.
-    `codec`: "raw" or "jpeg". `curve_server_key`, `curve_client_key`: key files for CURVE.
+    frame). `timeout_ms`, `retries`: per-request timeout and retries. `prompt`: default prompt
+    (default: a real start's own prompt, else the world's default prompt). `codec`: "raw" or "jpeg".
+    `curve_server_key`, `curve_client_key`: key files for CURVE. `start`: "prompt" or "real" (None:
+    "real" when the served world has a bank); "real" without a bank raises ValueError.
 
         >>> import gymnasium, worldsdk
         >>> env = gymnasium.make("worldsdk/RemoteWorld-v0", address="tcp://127.0.0.1:5555")
@@ -50,17 +62,20 @@ class RemoteWorldEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 15}
 
     def __init__(self, address: str, render_mode: str | None = None, timeout_ms: int = 30_000, retries: int = 1,
-                 prompt: str | None = None, codec: str = "raw", curve_server_key=None, curve_client_key=None):
+                 prompt: str | None = None, codec: str = "raw", curve_server_key=None, curve_client_key=None,
+                 start: str | None = None):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.client = Client(address, timeout_ms=timeout_ms, retries=retries, codec=codec,
                              curve_server_key=curve_server_key, curve_client_key=curve_client_key, name="worldsdk-gym")
         try:
             info = self.client.hello()
+            self.info = info
+            self.start = self._start_mode(start)
         except Exception:
             self.client.close()
             raise
-        self.info = info
+        self._prompt_given = prompt is not None
         self.metadata = {**self.metadata, "render_fps": info.spec.fps}
         self.render_mode = render_mode
         self.prompt = prompt or info.spec.default_prompt
@@ -68,19 +83,50 @@ class RemoteWorldEnv(gym.Env):
         self.action_space = info.action_space
         self._frames: np.ndarray | None = None
 
+    def _start_mode(self, start: str | None) -> str:
+        """The start mode asked for, checked against the served world (as `WorldEnv` checks it)."""
+        if start is None:
+            return "real" if self.info.num_starts else "prompt"
+        if start not in START_MODES:
+            raise ValueError(f"start must be one of {START_MODES}, got {start!r}")
+        if start == "real" and not self.info.num_starts:
+            raise ValueError(f"start='real' needs a world with a bank of real starts, and the served world "
+                             f"{self.info.spec.name!r} has none")
+        return start
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = options or {}
-        prompt = options.get("prompt", self.prompt)
+        context = options.get("context")
+        prompt = options.get("prompt", self.prompt if self._prompt_given else None)  # None: the server picks
+        start, index = None, None
+        if context is None and self._start_mode(options.get("start", self.start)) == "real":
+            start, index = "real", int(self.np_random.integers(0, self.info.num_starts))  # drawn as WorldEnv draws it
         session_seed = int(self.np_random.integers(0, 2**31 - 1))
-        self._frames = self.client.reset(prompt=prompt, seed=session_seed, context=options.get("context"))
-        return self._frames, {"prompt": prompt, "reward_predicted": False, "session": self.client.session}
+        self._frames = self.client.reset(prompt=prompt, seed=session_seed, context=context, start=start, start_index=index)
+        started = self.client.last_reset
+        if started.prompt is not None:
+            prompt = started.prompt
+        elif prompt is None:  # a 1.0 server does not say which prompt it used
+            prompt = self.info.spec.default_prompt
+        info = {"prompt": prompt, "start": started.start}
+        if started.start_index is not None:
+            info["start_index"] = started.start_index
+        return self._frames, {**info, **self._reward_info(self.info.predicts_rewards), "session": self.client.session}
 
     def step(self, action):
         if self._frames is None:
             raise gym.error.ResetNeeded("call reset() before step()")
         self._frames = self.client.step(action)
-        return self._frames, 0.0, False, False, {"reward_predicted": False, "step": self.client.chunk}
+        result = self.client.last_step
+        info = self._reward_info(result.reward_predicted)
+        if result.reward_predicted:
+            info["frame_rewards"] = result.frame_rewards
+        return self._frames, result.reward, result.terminated, False, {**info, "step": result.chunk}
+
+    @staticmethod
+    def _reward_info(predicted: bool) -> dict[str, Any]:
+        return {"reward_predicted": True} if predicted else {"reward_predicted": False, "reward_note": NO_REWARD_NOTE}
 
     def set_prompt(self, text: str) -> None:
         """Switch the prompt mid-episode (reachable through `env.unwrapped.set_prompt`)."""

@@ -7,6 +7,9 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import worldsdk  # noqa: F401  (registers the Gymnasium IDs)
+from envs.remote_env import RemoteWorldEnv
+from envs.world_env import NO_REWARD_NOTE, WorldEnv
+from tests.test_bridge_server import rewarded_world
 from worldsdk import World
 from worldsdk.bridge import Server
 
@@ -18,6 +21,13 @@ def server():
     with Server(World.from_preset("tiny", seed=0), "tcp://127.0.0.1:*").start() as server:
         yield server
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def rewarded_server():
+    """A world with a reward model and a bank of real starts (tests.test_bridge_server.rewarded_world)."""
+    with Server(rewarded_world(), "tcp://127.0.0.1:*").start() as server:
+        yield server
 
 
 def test_remote_env_passes_check_env(server):
@@ -46,3 +56,54 @@ def test_remote_env_plays_like_the_local_env(server):
     np.testing.assert_array_equal(remote.render(), local.render())
     remote.close()
     local.close()
+
+
+def test_remote_env_with_rewards_and_starts_passes_check_env(rewarded_server):
+    env = gym.make("worldsdk/RemoteWorld-v0", address=rewarded_server.address, render_mode="rgb_array", timeout_ms=10_000)
+    assert env.unwrapped.start == "real"
+    check_env(env.unwrapped, skip_render_check=False)
+    env.close()
+
+
+def test_remote_env_predicts_the_rewards_the_local_env_predicts(rewarded_server):
+    remote = RemoteWorldEnv(rewarded_server.address, timeout_ms=10_000)
+    local = WorldEnv(rewarded_world())
+    events = set()
+    for seed, options in ((3, None), (4, {"start": "prompt"}), (5, {"prompt": "pong, neon"}), (6, {"start": "real"})):
+        (got, got_info), (want, want_info) = remote.reset(seed=seed, options=options), local.reset(seed=seed, options=options)
+        np.testing.assert_array_equal(got, want)
+        assert got_info.pop("session") == remote.client.session and got_info == want_info
+        for action in (0, 1, 2, 3, 4, 5, 2, 3):
+            got, reward, terminated, truncated, got_info = remote.step(action)
+            want, want_reward, want_terminated, _, want_info = local.step(action)
+            np.testing.assert_array_equal(got, want)
+            assert isinstance(reward, float) and isinstance(terminated, bool) and truncated is False
+            assert (reward, terminated) == (want_reward, want_terminated)
+            assert got_info.keys() == want_info.keys() and got_info["reward_predicted"] is True
+            np.testing.assert_array_equal(got_info["frame_rewards"], want_info["frame_rewards"])
+            events.add((reward, terminated))
+    assert len(events) > 2  # several rewards, and terminations too
+    remote.close()
+
+
+def test_remote_env_forwards_the_start_option(rewarded_server, server):
+    bank = rewarded_world().start_frames
+    env = RemoteWorldEnv(rewarded_server.address, timeout_ms=10_000, start="prompt")
+    obs, info = env.reset(seed=0)
+    assert info["start"] == "prompt" and "start_index" not in info
+    obs, info = env.reset(seed=0, options={"start": "real"})
+    assert info["start"] == "real" and info["prompt"] == f"p{info['start_index']}"
+    np.testing.assert_array_equal(obs, bank[info["start_index"]][-2:])
+    again, info2 = env.reset(seed=0, options={"start": "real"})
+    assert info2["start_index"] == info["start_index"] and np.array_equal(again, obs)
+    env.close()
+    plain = RemoteWorldEnv(server.address, timeout_ms=10_000)
+    _, info = plain.reset(seed=0)
+    assert info["start"] == "prompt" and info["reward_predicted"] is False and info["reward_note"] == NO_REWARD_NOTE
+    _, reward, terminated, _, info = plain.step(1)
+    assert (reward, terminated, info["reward_predicted"]) == (0.0, False, False) and "frame_rewards" not in info
+    with pytest.raises(ValueError, match="start='real' needs a world with a bank"):
+        plain.reset(options={"start": "real"})
+    plain.close()
+    with pytest.raises(ValueError, match="start='real' needs a world with a bank"):
+        RemoteWorldEnv(server.address, timeout_ms=10_000, start="real")

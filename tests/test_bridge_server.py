@@ -15,7 +15,10 @@ import zmq
 from worldsdk import World
 from worldsdk.bridge import AuthenticationError, Client, ProtocolError, Server, SessionLostError, VersionMismatchError
 from worldsdk.bridge import protocol as P
+from tests.conftest import perturb_
+from tests.test_reward import constant_bank, set_bias, tiny_reward_model
 from worldsdk.bridge.cli import generate_keys
+from worldsdk.bridge.client import ResetInfo, StepInfo, WorldInfo
 from worldsdk.bridge.testing import NoiseWorld
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +75,7 @@ def test_hello_reports_the_world_and_protocol(server, world):
     assert info.observation_shape == world.observation_shape and info.chunk_frames == world.chunk_frames
     assert info.action_space == world.action_space
     assert "raw" in info.codecs and info.lease_s == server.lease_s
+    assert info.predicts_rewards is False and info.num_starts == 0
 
 
 def test_frames_equal_the_world_in_process(server, reference):
@@ -332,3 +336,187 @@ def test_serve_command_serves(tmp_path):
         child.terminate()
         child.wait(10)
         child.stdout.close()
+
+
+# -- 1.1: predicted rewards and real starts ----------------------------------------------------------
+
+
+def rewarded_world(bias: bool = False) -> World:
+    """The tiny world with a reward model (random and eventful, or biased to +1 and always terminating)
+    and a bank of 5 constant-valued starts with prompts p0..p4; the same weights on every call."""
+    world = World.from_preset("tiny", seed=0)
+    model = tiny_reward_model(world, reward_threshold=0.3, termination_threshold=0.3)
+    world.set_reward_model(set_bias(model, reward_class=2, terminate=True) if bias else perturb_(model, 1.0))
+    world.set_start_bank(constant_bank(world), [f"p{i}" for i in range(5)])
+    return world
+
+
+def test_step_replies_carry_the_rewards_the_world_predicts_in_process():
+    actions = (0, 1, 2, 3, 4, 5, "left", 1)
+    with Server(rewarded_world(), "tcp://127.0.0.1:*").start() as server, Client(server.address, timeout_ms=5000) as client:
+        assert client.hello().predicts_rewards is True
+        client.reset(prompt="pong, neon style", seed=2)
+        assert client.last_step is None
+        got = []
+        for action in actions:
+            client.step(action)
+            got.append(client.last_step)
+    reference = rewarded_world()
+    reference.reset(prompt="pong, neon style", seed=2)
+    for i, (action, step) in enumerate(zip(actions, got), start=1):
+        reference.step(reference.spec.key_map[action] if isinstance(action, str) else action)
+        rewards, ends = reference.predicted_rewards()
+        assert step.chunk == i and step.reward_predicted is True
+        assert step.reward == float(rewards[0].sum()) and step.terminated == bool(ends[0].any())
+        np.testing.assert_array_equal(step.frame_rewards, rewards[0])
+    assert len({s.reward for s in got}) > 1 and {s.terminated for s in got} == {True, False}  # not trivially constant
+
+
+def test_rewards_of_a_batched_step_are_split_per_session():
+    world = rewarded_world()
+    with Server(world, "tcp://127.0.0.1:*", batch_window_ms=2000).start() as server:
+        peers = [RawPeer(server.address) for _ in range(3)]
+        sessions = [peer.request({"type": "reset", "id": 1, "seed": 10 + i})[0]["session"] for i, peer in enumerate(peers)]
+        server.batch_sizes.clear()
+        for i, (peer, session) in enumerate(zip(peers, sessions)):
+            peer.socket.send(msgpack.packb({"type": "step", "id": 2, "session": session, "action": i}))
+        replies = []
+        for peer in peers:
+            assert peer.socket.poll(10_000)
+            replies.append(msgpack.unpackb(peer.socket.recv_multipart()[0]))
+            peer.close()
+        assert dict(server.batch_sizes) == {3: 1}
+    reference = rewarded_world()
+    for i, reply in enumerate(replies):
+        reference.reset(seed=10 + i)
+        reference.step(i)
+        rewards, ends = reference.predicted_rewards()
+        assert reply["reward_predicted"] is True and reply["frame_rewards"] == rewards[0].tolist()
+        assert reply["reward"] == float(rewards[0].sum()) and reply["terminated"] == bool(ends[0].any())
+
+
+def test_a_biased_reward_model_gives_its_reward_and_ends_the_episode():
+    with Server(rewarded_world(bias=True), "tcp://127.0.0.1:*").start() as server:
+        peer = RawPeer(server.address)
+        session = peer.request({"type": "reset", "id": 1, "seed": 0})[0]["session"]
+        reply, _ = peer.request({"type": "step", "id": 2, "session": session, "action": 0})
+        assert (reply["reward"], reply["terminated"], reply["reward_predicted"]) == (2.0, True, True)  # +1 on both frames
+        assert reply["frame_rewards"] == [1.0, 1.0]
+        peer.close()
+
+
+def test_a_world_without_a_reward_model_says_so(server):
+    peer = RawPeer(server.address)
+    hello, _ = peer.request({"type": "hello", "id": 1, "v": list(P.PROTOCOL_VERSION)})
+    assert hello["predicts_rewards"] is False and hello["num_starts"] == 0
+    session = peer.request({"type": "reset", "id": 2, "seed": 0})[0]["session"]
+    reply, _ = peer.request({"type": "step", "id": 3, "session": session, "action": 1})
+    assert (reply["reward"], reply["terminated"], reply["reward_predicted"]) == (0.0, False, False)
+    assert "frame_rewards" not in reply
+    peer.close()
+    with Client(server.address, timeout_ms=5000) as client:
+        client.reset(seed=0)
+        client.step(1)
+        assert client.last_step == StepInfo(chunk=1, reward=0.0, terminated=False, reward_predicted=False, frame_rewards=None)
+
+
+def test_real_starts_show_the_bank_and_are_deterministic_by_seed():
+    world = rewarded_world()
+    with Server(world, "tcp://127.0.0.1:*").start() as server, Client(server.address, timeout_ms=5000) as client:
+        assert client.hello().num_starts == 5
+        for index in (0, 3, 4):
+            frames = client.reset(start="real", start_index=index, seed=1)
+            np.testing.assert_array_equal(frames, world.start_frames[index][-world.chunk_frames:])
+            assert client.last_reset == ResetInfo("real", index, f"p{index}")
+        client.reset(start_index=2, prompt="mine")  # an index alone means a real start; a prompt sent wins
+        assert client.last_reset == ResetInfo("real", 2, "mine")
+        drawn = set()
+        for seed in range(8):
+            first = client.reset(start="real", seed=seed)
+            index = client.last_reset.start_index
+            assert index == int(np.random.default_rng(seed).integers(5))  # the documented draw
+            after = client.step(2)
+            again = client.reset(start="real", seed=seed)
+            assert client.last_reset.start_index == index
+            np.testing.assert_array_equal(again, first)
+            np.testing.assert_array_equal(client.step(2), after)
+            np.testing.assert_array_equal(first, world.start_frames[index][-world.chunk_frames:])
+            drawn.add(index)
+        assert len(drawn) > 1
+        client.reset(start="prompt", seed=0)
+        assert client.last_reset == ResetInfo("prompt", None, world.spec.default_prompt)
+    reference = rewarded_world()  # a real start plays on exactly like its bank frames sent as context, in-process
+    context, prompt = reference.start(3)
+    np.testing.assert_array_equal(reference.reset(prompt=prompt, seed=5, context=context), world.start_frames[3][-2:])
+    with Server(world, "tcp://127.0.0.1:*").start() as server, Client(server.address, timeout_ms=5000) as client:
+        client.reset(start_index=3, seed=5)
+        np.testing.assert_array_equal(client.step(4), reference.step(4))
+
+
+BAD_STARTS = [
+    ({"start": "random"}, "'start'"),
+    ({"start": 1}, "'start'"),
+    ({"start": ["real"]}, "'start'"),
+    ({"start": "real", "start_index": -1}, "'start_index'"),
+    ({"start": "real", "start_index": 1.0}, "'start_index'"),
+    ({"start": "real", "start_index": True}, "'start_index'"),
+    ({"start": "real", "start_index": "2"}, "'start_index'"),
+    ({"start": "real", "start_index": 2**63}, "'start_index'"),
+    ({"start": "real", "start_index": 5}, "[0, 5)"),
+    ({"start_index": 1}, "needs start 'real'"),
+    ({"start": "prompt", "start_index": 1}, "needs start 'real'"),
+]
+
+
+def test_bad_starts_get_an_error_and_the_server_keeps_serving():
+    world = rewarded_world()
+    with Server(world, "tcp://127.0.0.1:*").start() as server:
+        peer = RawPeer(server.address)
+        for i, (fields, words) in enumerate(BAD_STARTS):
+            reply, parts = peer.request({"type": "reset", "id": 100 + i, **fields})
+            assert reply["type"] == "error" and reply["code"] == P.BAD_FIELD and reply["id"] == 100 + i, (fields, reply)
+            assert words in reply["message"] and not parts, (fields, reply)
+        context = {"dtype": "uint8", "shape": [2, 32, 32, 3]}
+        reply, _ = peer.request({"type": "reset", "id": 200, "start": "real", "context": context}, bytes(2 * 32 * 32 * 3))
+        assert reply["code"] == P.BAD_FIELD and "not both" in reply["message"]
+        assert not server.sessions
+        reply, parts = peer.request({"type": "reset", "id": 201, "start": "real", "start_index": 4, "seed": 0})
+        assert reply["type"] == "frames" and reply["start_index"] == 4 and reply["prompt"] == "p4"
+        np.testing.assert_array_equal(P.decode_frames(reply["frames"], parts), world.start_frames[4][-2:])
+        reply, _ = peer.request({"type": "reset", "id": 202, "session": reply["session"], "start": None, "start_index": None})
+        assert reply["type"] == "frames" and reply["start"] == "prompt" and "start_index" not in reply
+        peer.close()
+
+
+def test_a_real_start_without_a_bank_is_refused(server):
+    peer = RawPeer(server.address)
+    reply, _ = peer.request({"type": "reset", "id": 1, "start": "real"})
+    assert reply["code"] == P.BAD_FIELD and "'tiny' has none" in reply["message"]
+    assert peer.request({"type": "ping", "id": 2})[0]["type"] == "pong"
+    peer.close()
+    with Client(server.address, timeout_ms=5000) as client:
+        with pytest.raises(ProtocolError, match="bank of real starts") as info:
+            client.reset(start="real", seed=0)
+        assert info.value.code == P.BAD_FIELD
+        assert client.reset(seed=0).shape == (2, 32, 32, 3) and client.last_reset.start == "prompt"
+
+
+def test_a_1_0_peer_is_served_and_a_1_1_client_keeps_to_a_1_0_server(server, world, monkeypatch):
+    peer = RawPeer(server.address)
+    assert peer.request({"type": "hello", "id": 1, "v": [1, 0]})[0]["type"] == "hello"
+    reply, parts = peer.request({"type": "reset", "id": 2, "seed": 0, "prompt": None})  # what a 1.0 client sends
+    assert reply["type"] == "frames" and len(parts) == 1
+    peer.close()
+    monkeypatch.setattr(P, "PROTOCOL_VERSION", (1, 0))  # a server that says it speaks 1.0 (the client was built for 1.1)
+    with Server(world, "tcp://127.0.0.1:*").start() as old, Client(old.address, timeout_ms=5000) as client:
+        with pytest.raises(P.BridgeError, match="start='real' needs bridge protocol 1.1"):
+            client.reset(start="real")
+        assert client.info.protocol == (1, 0) and client.protocol_version == (1, 1)
+        client.reset(seed=0, start="prompt")  # a prompt start sends no 1.1 field
+        assert client.last_reset.start == "prompt"
+    old_hello = {"v": [1, 0], "server": "worldsdk-bridge", "world": server.spec.to_dict(), "chunk_frames": 2,
+                 "observation": {"dtype": "uint8", "shape": [2, 32, 32, 3]}, "codecs": ["raw"], "lease_s": 60.0,
+                 "max_request_bytes": 1}
+    info = WorldInfo.from_reply(old_hello)
+    assert info.predicts_rewards is False and info.num_starts == 0
+    assert StepInfo.from_reply({"type": "frames", "chunk": 3}) == StepInfo(3, 0.0, False, False, None)

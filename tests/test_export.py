@@ -199,3 +199,16 @@ def test_reward_model_of_another_world_file_is_attached(tmp_path, tiny_world_fil
     other_file = other.save(tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="different autoencoder"):
         export_world(tiny_world_file, "tiny", tmp_path / "y.safetensors", "int8", check_steps=2, reward_from=other_file)
+
+
+def test_saved_files_are_readable_by_others(tmp_path):
+    """Shipped worlds are package data: a file only its writer can read would break other users' installs."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_save({"w": torch.ones(2, 2)}, {"format": "test"}, tmp_path / "w.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

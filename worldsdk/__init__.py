@@ -9,9 +9,10 @@ Importing worldsdk registers the Gymnasium IDs `worldsdk/World-v0` and `worldsdk
 """
 
 from worldsdk.config import ActionSpec, ModelConfig, WorldSpec
+from worldsdk.reward import RewardConfig, RewardModel
 from worldsdk.world import World, WorldState, shipped_worlds
 
 import envs as _envs  # noqa: E402,F401  (registers the Gymnasium IDs; no other side effect)
 
-__all__ = ["ActionSpec", "ModelConfig", "World", "WorldSpec", "WorldState", "shipped_worlds"]
+__all__ = ["ActionSpec", "ModelConfig", "RewardConfig", "RewardModel", "World", "WorldSpec", "WorldState", "shipped_worlds"]
 __version__ = "0.1.0"

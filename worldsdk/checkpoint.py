@@ -60,6 +60,12 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _digest(stored: Mapping[str, torch.Tensor], layout_json: str | None) -> str:
     """The header's checksum: the stored tensors' digest, and with compact storage also its layout."""
     digest = tensors_digest(stored)
@@ -84,6 +90,7 @@ def atomic_save(tensors: Mapping[str, torch.Tensor], meta: Mapping, path: str | 
     os.close(fd)
     try:
         save_file(stored, tmp, metadata=header)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; a world or checkpoint is shared like any file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

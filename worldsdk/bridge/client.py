@@ -4,6 +4,7 @@
     info = client.hello()                 # the world's spec, checked protocol version
     frames = client.reset(prompt="pong", seed=0)   # uint8 (chunk, H, W, 3)
     frames = client.step(2)
+    client.last_step.reward               # what the world's reward model predicts for that chunk
     client.close()
 
 Every request waits at most `timeout_ms`; on a timeout the socket is closed and reopened under the
@@ -50,6 +51,8 @@ class WorldInfo:
     codecs: tuple[str, ...]
     lease_s: float
     max_request_bytes: int
+    predicts_rewards: bool = False  # since 1.1; a 1.0 server predicts none
+    num_starts: int = 0  # entries of the world's bank of real starts (since 1.1)
 
     @property
     def action_space(self):
@@ -66,7 +69,41 @@ class WorldInfo:
             codecs=tuple(header["codecs"]),
             lease_s=float(header["lease_s"]),
             max_request_bytes=int(header["max_request_bytes"]),
+            predicts_rewards=bool(header.get("predicts_rewards", False)),
+            num_starts=int(header.get("num_starts", 0)),
         )
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a step reply says besides its frames: the rewards the world's reward model predicts."""
+
+    chunk: int  # chunks since the reset
+    reward: float  # sum over the chunk's frames; 0 when not predicted
+    terminated: bool  # the reward model predicts that the episode ends within the chunk
+    reward_predicted: bool  # False: the world has no reward model (or the server speaks 1.0)
+    frame_rewards: np.ndarray | None  # float32 (F,), one per latent frame; None when not predicted
+
+    @staticmethod
+    def from_reply(header: dict) -> "StepInfo":
+        predicted = bool(header.get("reward_predicted", False))
+        return StepInfo(
+            chunk=int(header.get("chunk", 0)),
+            reward=float(header.get("reward", 0.0)),
+            terminated=bool(header.get("terminated", False)),
+            reward_predicted=predicted,
+            frame_rewards=np.asarray(header["frame_rewards"], dtype=np.float32) if predicted else None,
+        )
+
+
+@dataclass(frozen=True)
+class ResetInfo:
+    """How the server started a session: start mode ("prompt", "real" or "context"), bank entry, prompt.
+    A 1.0 server says none of it: then start is "prompt" or "context" as asked and prompt is None."""
+
+    start: str
+    start_index: int | None
+    prompt: str | None
 
 
 class Client:
@@ -107,6 +144,8 @@ class Client:
         self.info: WorldInfo | None = None
         self.session: str | None = None
         self.chunk: int | None = None  # index of the last chunk received since the reset (0 = the reset's)
+        self.last_step: StepInfo | None = None  # rewards of the last step; None until a step after a reset
+        self.last_reset: ResetInfo | None = None  # how the last reset started
         self._context = context or zmq.Context.instance()
         self._curve = self._load_curve(curve_server_key, curve_client_key)
         self._routing_id = b"w" + secrets.token_bytes(15)  # kept across reconnects: the server knows us by it
@@ -200,13 +239,23 @@ class Client:
             log.warning("server speaks bridge protocol %d.%d, this client %d.%d", *self.info.protocol, *self.protocol_version)
         return self.info
 
-    def reset(self, prompt: str | None = None, seed: int | None = None, context: np.ndarray | None = None) -> np.ndarray:
+    def reset(self, prompt: str | None = None, seed: int | None = None, context: np.ndarray | None = None,
+              start: str | None = None, start_index: int | None = None) -> np.ndarray:
         """Start (or restart) this client's session; return the first chunk, uint8 (chunk, H, W, 3).
 
         `context`: real frames, uint8 (N, H, W, 3), for the world to continue from; the first chunk
-        is then their last `chunk` frames.
+        is then their last `chunk` frames. `start="real"`: continue from an entry of the world's bank
+        of real starts (`info.num_starts`), entry `start_index`, or one the server draws from `seed`;
+        a `start_index` alone means `start="real"`. `last_reset` says how the session started.
         """
         header = {"type": "reset", "prompt": prompt, "seed": None if seed is None else int(seed), "codec": self.codec}
+        if start_index is not None and start is None:
+            start = "real"
+        if start not in (None, "prompt"):  # "prompt" is what a reset without `start` does, also on a 1.0 server
+            self._require_version((1, 1), f"reset with start={start!r}")
+            header["start"] = start
+        if start_index is not None:
+            header["start_index"] = int(start_index)
         if self.codec == "jpeg":
             header["quality"] = self.jpeg_quality
         payload = []
@@ -216,17 +265,26 @@ class Client:
                 raise ValueError(f"context must be uint8 frames (N, H, W, 3), got {context.dtype} {context.shape}")
             header["context"] = {"dtype": "uint8", "shape": list(context.shape)}
             payload = [context]
+        reply = None
         if self.session is not None:
             try:
-                return self._frames(self._request({**header, "session": self.session}, payload=payload))
+                reply = self._request({**header, "session": self.session}, payload=payload)
             except P.SessionLostError:
                 log.info("session %s was lost; starting a new one", self.session)
                 self.session = None
-        return self._frames(self._request(header, payload=payload))
+        if reply is None:
+            reply = self._request(header, payload=payload)
+        requested = "context" if context is not None else start or "prompt"
+        self.last_reset = ResetInfo(reply[0].get("start", requested), reply[0].get("start_index"), reply[0].get("prompt"))
+        self.last_step = None
+        return self._frames(reply)
 
     def step(self, action) -> np.ndarray:
-        """Send one action; return the next chunk, uint8 (chunk, H, W, 3), read-only."""
-        return self._frames(self._request({"type": "step", "session": self._session(), "action": P.action_to_wire(action)}))
+        """Send one action; return the next chunk, uint8 (chunk, H, W, 3), read-only. The rewards the
+        world predicts for it are in `last_step`."""
+        reply = self._request({"type": "step", "session": self._session(), "action": P.action_to_wire(action)})
+        self.last_step = StepInfo.from_reply(reply[0])
+        return self._frames(reply)
 
     def set_prompt(self, text: str) -> None:
         """Change the prompt of this session from the next chunk on."""
@@ -249,6 +307,14 @@ class Client:
                 log.debug("closing session %s: %s", self.session, e)
             self.session = None
         self._close_socket()
+
+    def _require_version(self, version: tuple[int, int], what: str) -> None:
+        """Refuse, before sending, a request that the server's protocol version does not know."""
+        if self.info is None:
+            self.hello()
+        if self.info.protocol < version:
+            raise P.BridgeError(f"{what} needs bridge protocol {version[0]}.{version[1]}; the server at {self.address} "
+                                f"speaks {self.info.protocol[0]}.{self.info.protocol[1]}")
 
     def _session(self) -> str:
         if self.session is None:

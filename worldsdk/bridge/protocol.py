@@ -18,13 +18,16 @@ from typing import Any, Callable, Mapping, Sequence
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION: tuple[int, int] = (1, 0)  # (major, minor): a different major is refused at hello
+PROTOCOL_VERSION: tuple[int, int] = (1, 1)  # (major, minor): a different major is refused at hello
+# 1.1 added: hello `predicts_rewards` / `num_starts`; reset `start` / `start_index` (and `start`, `start_index`,
+# `prompt` in its reply); step replies `reward`, `terminated`, `reward_predicted`, `frame_rewards`.
 
 # Request types and the reply type of each success (an error reply has type "error").
 REQUEST_TYPES = ("hello", "reset", "step", "set_prompt", "close", "ping")
 REPLY_TYPE = {"hello": "hello", "reset": "frames", "step": "frames", "set_prompt": "ok", "close": "ok", "ping": "pong"}
 
 CODECS = ("raw", "jpeg")
+START_MODES = ("prompt", "real")  # how a reset starts: the world generates a first chunk, or a real start of its bank
 
 # Limits a request must respect (the server may lower the total size; the header limit is fixed).
 MAX_HEADER_BYTES = 64 * 1024
@@ -162,6 +165,8 @@ _CONTEXT = Field(
 )
 _CODEC = Field(lambda v: v in CODECS, False, f"one of {list(CODECS)}")
 _QUALITY = Field(lambda v: _is_int(v) and 1 <= v <= 100, False, "an integer in [1, 100]")
+_START = Field(_optional(lambda v: isinstance(v, str) and v in START_MODES), False, f"one of {list(START_MODES)} or nil")
+_START_INDEX = Field(_optional(_uint63), False, "an integer in [0, 2**63) or nil (checked against the world's num_starts)")
 
 REQUEST_FIELDS: dict[str, dict[str, Field]] = {
     "hello": {"v": Field(_version, True, "[major, minor]"), "client": Field(_text(MAX_NAME_CHARS), False, "a short string")},
@@ -172,6 +177,8 @@ REQUEST_FIELDS: dict[str, dict[str, Field]] = {
         "context": _CONTEXT,
         "codec": _CODEC,
         "quality": _QUALITY,
+        "start": _START,  # since 1.1
+        "start_index": _START_INDEX,  # since 1.1
     },
     "step": {"session": _SESSION, "action": Field(_any, True, "an action of the world's action space")},
     "set_prompt": {"session": _SESSION, "prompt": Field(_text(MAX_PROMPT_CHARS), True, "a string")},

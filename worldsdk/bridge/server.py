@@ -6,6 +6,10 @@ a poll loop: it drains every request waiting on the socket, answers the cheap on
 the step requests of all sessions that are waiting as ONE batched forward (new-session resets
 likewise as one `init_state`). Requests of one session are answered in the order they came.
 
+When the world carries a reward model, every step reply also carries the rewards it predicts for
+the session's chunk (one `predicted_rewards` call per batched step); when it carries a bank of real
+starts, a reset may continue from one of them instead of generating its first chunk.
+
 Sessions belong to the client (ZeroMQ routing id) that created them and are named by an unguessable
 id; a request naming another client's session is answered exactly like one naming no session. Each
 client holds a lease renewed by every message it sends; when it lapses, the client's sessions (and
@@ -32,6 +36,24 @@ from . import protocol as P
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "worldsdk-bridge"
+
+
+@dataclass(frozen=True)
+class StepRewards:
+    """What the world's reward model predicts for one session's chunk (all zero without one)."""
+
+    reward: float = 0.0  # sum over the chunk's frames
+    terminated: bool = False  # some frame of the chunk ends the episode
+    frame_rewards: list[float] | None = None  # per latent frame; None: the world predicts no rewards
+
+    def to_wire(self) -> dict:
+        fields = {"reward": self.reward, "terminated": self.terminated, "reward_predicted": self.frame_rewards is not None}
+        if self.frame_rewards is not None:
+            fields["frame_rewards"] = self.frame_rewards
+        return fields
+
+
+NO_REWARDS = StepRewards()
 
 
 @dataclass
@@ -64,6 +86,8 @@ class Request:
     type: str
     id: int
     context: np.ndarray | None = None  # reset only: real frames (N, H, W, 3) to continue from
+    start: str = "prompt"  # reset only: "prompt", "real" (context from the world's bank) or "context" (sent frames)
+    start_index: int | None = None  # reset only: the bank entry of a "real" start
 
     @property
     def session_id(self) -> str | None:
@@ -306,9 +330,37 @@ class Server:
             if kind == "hello":
                 P.check_version(header["v"])
             context = self._context(header["context"], body[1]) if parts else None
+            if kind == "reset":
+                start, index = self._start(header)
+                if start == "real":
+                    context = self.world.start(index)[0]
+                elif context is not None:
+                    start = "context"
+                return Request(envelope, header, kind, rid, context, start, index)
         except P.ProtocolError as e:
             raise P.ProtocolError(e.code, e.message, rid) from None
         return Request(envelope, header, kind, rid, context)
+
+    def _start(self, header: dict) -> tuple[str, int | None]:
+        """A reset's start mode and, for a "real" start, its bank entry: the one asked for, else one drawn
+        with an RNG seeded from the reset's seed (the same seed gives the same entry)."""
+        start, index = header.get("start") or "prompt", header.get("start_index")
+        if start != "real":
+            if index is not None:
+                raise P.ProtocolError(P.BAD_FIELD, f"field 'start_index' needs start 'real', got start {start!r}")
+            return start, None
+        if "context" in header:
+            raise P.ProtocolError(P.BAD_FIELD, "a reset takes either context frames or start 'real', not both")
+        n = self.world.num_starts
+        if n == 0:
+            raise P.ProtocolError(
+                P.BAD_FIELD, f"start 'real' needs a world with a bank of real starts, and {self.spec.name!r} has none "
+                "(hello's num_starts is 0); use start 'prompt' or send context frames")
+        if index is None:
+            index = int(np.random.default_rng(header.get("seed")).integers(n))  # seed nil: fresh entropy
+        elif index >= n:
+            raise P.ProtocolError(P.BAD_FIELD, f"field 'start_index' must be in [0, {n}) (hello's num_starts), got {index}")
+        return start, index
 
     def _context(self, meta: dict, data: bytes) -> np.ndarray:
         n, h, w, c = meta["shape"]
@@ -385,7 +437,7 @@ class Server:
     def _answer_now(self, request: Request) -> None:
         kind, reply = request.type, {"type": P.REPLY_TYPE[request.type], "id": request.id}
         if kind == "hello":
-            reply.update(self._hello)
+            reply.update(self._hello, predicts_rewards=self.world.reward_model is not None, num_starts=self.world.num_starts)
         elif kind == "ping":
             peer = self.peers.get(request.envelope[0])
             reply["sessions"] = sorted(peer.sessions) if peer is not None else []
@@ -409,7 +461,7 @@ class Server:
             raise P.ProtocolError(P.INTERNAL, f"the world raised {type(e).__name__}: {str(e)[:500]}") from None
 
     def _run_resets(self, resets: list[tuple[Request, Session | None]]) -> None:
-        prompts = [r.header.get("prompt") for r, _ in resets]  # None: the world's default prompt
+        prompts = [self._prompt(request) for request, _ in resets]
         seeds = [r.header.get("seed") for r, _ in resets]  # None: a fresh random seed
         contexts = [r.context for r, _ in resets]
         try:
@@ -432,12 +484,25 @@ class Server:
             session.state, session.chunks, session.last_played = states[i], 0, time.monotonic()
             session.codec = request.header.get("codec", session.codec)
             session.quality = request.header.get("quality", session.quality)
-            self._send_frames(request, session, frames[i])
+            start = {"start": request.start, "prompt": prompts[i]}
+            if request.start_index is not None:
+                start["start_index"] = request.start_index
+            self._send_frames(request, session, frames[i], start)
+
+    def _prompt(self, request: Request) -> str:
+        """The prompt a reset starts with: the one sent, else a real start's own, else the world's default."""
+        prompt = request.header.get("prompt")
+        if prompt is not None:
+            return prompt
+        if request.start == "real":
+            return self.world.start(request.start_index)[1]
+        return self.spec.default_prompt
 
     def _run_steps(self, steps: list[tuple[Request, Session, Any]]) -> None:
         try:
             states = [session.state for _, session, _ in steps]
             frames, state = self.world.step_state(type(states[0]).stack(states), [action for _, _, action in steps])
+            rewards = self._rewards(state)
             new_states = state.split()
             self.batch_sizes[len(steps)] += 1
         except Exception:
@@ -455,7 +520,14 @@ class Server:
             session.state = new_states[i]
             session.chunks += 1
             session.last_played = time.monotonic()
-            self._send_frames(request, session, frames[i])
+            self._send_frames(request, session, frames[i], rewards[i].to_wire())
+
+    def _rewards(self, state) -> list[StepRewards]:
+        """The reward model's predictions for a batched step, per session: one call for the whole batch."""
+        if self.world.reward_model is None or state.rewards is None:  # no model, or sessions opened before it was attached
+            return [NO_REWARDS] * state.batch_size
+        rewards, terminated = self.world.predicted_rewards(state)  # float32 (B, F), bool (B, F)
+        return [StepRewards(float(r.sum()), bool(t.any()), r.tolist()) for r, t in zip(rewards, terminated)]
 
     def _expire(self) -> None:
         deadline = time.monotonic() - self.lease_s
@@ -472,9 +544,9 @@ class Server:
             peer.sessions.discard(session.id)
 
     # -- sending ---------------------------------------------------------------------------------
-    def _send_frames(self, request: Request, session: Session, frames: np.ndarray) -> None:
+    def _send_frames(self, request: Request, session: Session, frames: np.ndarray, fields: dict) -> None:
         meta, parts = P.encode_frames(np.asarray(frames), session.codec, session.quality)
-        header = {"type": "frames", "id": request.id, "session": session.id, "chunk": session.chunks, "frames": meta}
+        header = {"type": "frames", "id": request.id, "session": session.id, "chunk": session.chunks, "frames": meta, **fields}
         self._reply(request, [P.pack_header(header), *parts])
 
     def _reply(self, request: Request, parts: list) -> None:

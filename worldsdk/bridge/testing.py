@@ -57,6 +57,8 @@ class NoiseWorld:
         self.chunk_frames = chunk_frames
         self.observation_shape = (chunk_frames, height, width, 3)
         self.step_seconds = step_seconds
+        self.reward_model = None  # no rewards and no real starts, like an untrained world
+        self.num_starts = 0
         rng = np.random.default_rng(0)
         self._bank = rng.integers(0, 256, size=(bank_size, *self.observation_shape), dtype=np.uint8)
         self._state: NoiseState | None = None
