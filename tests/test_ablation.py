@@ -138,3 +138,20 @@ def test_goal_checks_on_a_made_up_table():
     assert status == ["pass", "pass", "pass", "pass", "miss"]  # recall 70% vs the autoencoder's 85%
     report["rows"] = report["rows"][1:2]
     assert [g["status"] for g in driver.goal_checks(report)] == ["pass", "n/a", "n/a", "pass", "miss"]
+
+
+def test_ball_goal_needs_few_false_positives():
+    """A frame of noise "shows" a ball everywhere: full recall with false positives everywhere is a miss."""
+    driver = _load_driver()
+    base = dict.fromkeys([k for k, _, _ in driver.COLUMNS], 1.0)
+    results = {"long_steps": 1000, "ball": {"autoencoder_recall": 0.85}, "game": "pong"}
+
+    def ball_status(recall, fp):
+        columns = dict(base, ball_recall=recall, ball_fp=fp)
+        report = {"rows": [{"folder": "dmd-causal-forcing", "label": "cf", "teacher": False, "columns": columns,
+                            "results": results}]}
+        return driver.goal_checks(report)[-1]["status"]
+
+    assert ball_status(0.80, 0.05) == "pass"
+    assert ball_status(0.98, 0.90) == "miss"
+    assert ball_status(0.70, 0.00) == "miss"
