@@ -236,8 +236,6 @@ class World:
         if self.start_frames is not None:
             tensors[START_FRAMES_TENSOR] = torch.from_numpy(self.start_frames)
             meta["start_prompts"] = list(self.start_prompts)
-        if storage == "exact":  # keeps working with a checkpoint module that predates `storage`
-            return checkpoint.atomic_save(tensors, meta, path)
         return checkpoint.atomic_save(tensors, meta, path, storage=storage)
 
     # -- optional parts: reward model, start bank ---------------------------------------------------------
