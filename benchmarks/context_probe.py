@@ -45,7 +45,7 @@ def probe(world, episodes, starts: int, seed: int, sigmas=(1.0, 0.5)) -> dict:
             last = world.codec.encode_video(torch.from_numpy(frames[start - 1 : start]).to(world.device))
             copy_last.append(float(((x0 - last) ** 2).mean()))
             variance.append(float(x0.var()))
-            features = world._action_features([int(actions[start])])
+            features = world.frame_action_features([[int(a) for a in actions[start : start + cfg.frames_per_chunk]]])
             noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
             for s in sigmas:
                 preds = []

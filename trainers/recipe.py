@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(recipe.world(FINAL), final)
     summary = {"world": str(final), "data": recipe.data, "preset": recipe.preset, "scale": recipe.scale,
                "precision": recipe.precision, "ode_clips": recipe.ode_clips, "autoencoder": str(ae_file),
-               "stages": {k: recipe.steps(k) for k in STEPS},
+               "stages": {k: recipe.steps(k) for k in STEPS if not (k == "autoencoder" and recipe.autoencoder)},
                "trained": sorted(s.folder for s in steps if Path(recipe.world(s.folder)).is_file())}
     (recipe.out / "recipe.json").write_text(json.dumps(summary, indent=2) + "\n")
     if final.is_file():

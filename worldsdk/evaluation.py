@@ -175,23 +175,7 @@ class GuidedEulerRollout(Rollout):
                 model.set_prompt(self.null_cache, 0, torch.zeros_like(world.text_encoder.encode([prompt])))
                 chunk = world.chunk_frames
                 context = np.asarray(context)[len(context) % chunk :]  # the whole chunks World.init_state commits
-                latents = world.codec.encode_video(torch.from_numpy(context).to(world.device))  # (1, C, F, h, w)
-                for start in range(0, latents.shape[2], cfg.frames_per_chunk):
-                    x = latents[:, :, start : start + cfg.frames_per_chunk]
-                    model.commit_chunk(x, torch.zeros(1, x.shape[2], device=world.device), self._null(), self.null_cache)
-
-    def _null(self) -> torch.Tensor | None:
-        cfg = self.world.model.config
-        return None if not cfg.action_dim else torch.zeros(1, cfg.frames_per_chunk, cfg.action_dim + 1, device=self.world.device)
-
-    def _features(self, frame_actions: Sequence) -> torch.Tensor | None:
-        action = self.world.spec.action
-        for a in frame_actions:
-            action.validate(a)
-        if not self.world.model.config.action_dim:
-            return None
-        feats = np.stack([np.append(action.encode(a), 1.0) for a in frame_actions]).astype(np.float32)  # presence flag
-        return torch.from_numpy(feats)[None].to(self.world.device)  # (1, Fc, A + 1)
+                world.commit_history(world.codec.encode_video(torch.from_numpy(context).to(world.device)), self.null_cache)
 
     @torch.inference_mode()
     def step(self, frame_actions: Sequence) -> np.ndarray:
@@ -199,9 +183,7 @@ class GuidedEulerRollout(Rollout):
 
         world, model, state = self.world, self.world.model, self.state
         mc = model.config
-        if len(frame_actions) != mc.frames_per_chunk:
-            raise ValueError(f"expected {mc.frames_per_chunk} per-frame actions, got {len(frame_actions)}")
-        features, null = self._features(frame_actions), self._null()
+        features, null = world.frame_action_features([list(frame_actions)]), world.no_action_features()
         shape = (1, mc.latent_channels, mc.frames_per_chunk, mc.latent_height, mc.latent_width)
         x = torch.randn(shape[1:], generator=state.generators[0])[None].to(world.device)
         t_chunk = lambda sigma: torch.full((1, mc.frames_per_chunk), float(sigma) * 1000.0, device=world.device)  # noqa: E731

@@ -345,13 +345,9 @@ class World:
     def step_frames_state(self, state: WorldState, frame_actions: Sequence[Sequence[Any]]) -> tuple[np.ndarray, WorldState]:
         """Like `step_state`, with one action per latent frame of the chunk for every session
         (replaying recorded games, whose actions change from frame to frame)."""
-        fc = self.model.config.frames_per_chunk
-        if len(frame_actions) != state.batch_size or any(len(a) != fc for a in frame_actions):
-            raise ValueError(f"expected {state.batch_size} sessions x {fc} per-frame actions")
-        features = [self._action_features(list(a)) for a in frame_actions]  # each (fc, fc, A + 1)
-        if features[0] is None:
-            return self.step_features(state, None)
-        return self.step_features(state, torch.stack([f[:, 0] for f in features]))
+        if len(frame_actions) != state.batch_size:
+            raise ValueError(f"got per-frame actions for {len(frame_actions)} sessions, expected {state.batch_size}")
+        return self.step_features(state, self.frame_action_features(frame_actions))
 
     @torch.inference_mode()
     def step_features(self, state: WorldState, features: torch.Tensor | None) -> tuple[np.ndarray, WorldState]:
@@ -439,14 +435,36 @@ class World:
         return self._text_cache[prompt]
 
     def _action_features(self, actions: Sequence[Any]) -> torch.Tensor | None:
-        """Validated actions -> (B, frames_per_chunk, action_dim + 1) features, the last entry flagging "real action"."""
-        for a in actions:
+        """Validated actions, one per session -> (B, frames_per_chunk, action_dim + 1) features."""
+        return self.frame_action_features([[a] * self.model.config.frames_per_chunk for a in actions])
+
+    def frame_action_features(self, frame_actions: Sequence[Sequence[Any]]) -> torch.Tensor | None:
+        """Validated actions, one per latent frame of the chunk for each session -> features (B,
+        frames_per_chunk, action_dim + 1), the last entry flagging "real action"; None for a prompt-only world."""
+        fc = self.model.config.frames_per_chunk
+        if any(len(a) != fc for a in frame_actions):
+            raise ValueError(f"expected {fc} per-frame actions per session, got {[len(a) for a in frame_actions]}")
+        for a in (a for session in frame_actions for a in session):
             self.spec.action.validate(a)
         if not self.model.config.action_dim:
             return None
-        feats = np.stack([np.append(self.spec.action.encode(a), 1.0) for a in actions]).astype(np.float32)
-        feats = torch.from_numpy(feats).to(self.device)
-        return feats[:, None, :].expand(-1, self.model.config.frames_per_chunk, -1)
+        feats = np.array([[np.append(self.spec.action.encode(a), 1.0) for a in session] for session in frame_actions],
+                         dtype=np.float32)
+        return torch.from_numpy(feats).to(self.device)
+
+    def no_action_features(self, batch_size: int = 1) -> torch.Tensor | None:
+        """Features of "no action" (all zeros: context frames and the unconditional branch of guidance)."""
+        cfg = self.model.config
+        return None if not cfg.action_dim else torch.zeros(batch_size, cfg.frames_per_chunk, cfg.action_dim + 1, device=self.device)
+
+    def commit_history(self, latents: torch.Tensor, cache: KVCache) -> None:
+        """Append clean latents (B, C, F, h, w) to `cache` chunk by chunk, without action (F a multiple of
+        the chunk)."""
+        cfg = self.model.config
+        null = self.no_action_features(latents.shape[0])
+        for start in range(0, latents.shape[2], cfg.frames_per_chunk):
+            x = latents[:, :, start : start + cfg.frames_per_chunk]
+            self.model.commit_chunk(x, torch.zeros(x.shape[0], cfg.frames_per_chunk, device=self.device), null, cache)
 
     def _commit_context(self, state: WorldState, context: np.ndarray) -> np.ndarray:
         """Encode real frames and commit them as clean history (no action). Returns the last chunk of them."""
@@ -462,11 +480,7 @@ class World:
         latents = self.codec.encode_video(torch.from_numpy(context).to(self.device))  # (1, C, F, h, w)
         if state.decoders[0] is not None:  # a causal decoder continues from the context's last frames
             self.codec.decode_chunk(latents, state.decoders)
-        cfg = self.model.config
-        null = None if not cfg.action_dim else torch.zeros(1, cfg.frames_per_chunk, cfg.action_dim + 1, device=self.device)
-        for start in range(0, latents.shape[2], cfg.frames_per_chunk):
-            x = latents[:, :, start : start + cfg.frames_per_chunk]
-            self.model.commit_chunk(x, torch.zeros(1, cfg.frames_per_chunk, device=self.device), null, state.cache)
+        self.commit_history(latents, state.cache)
         self._predict_rewards(state, latents, None)  # the reward memory sees the context, without actions
         return context[-chunk:].copy()
 
