@@ -174,3 +174,38 @@ def test_time_limit_stops_with_a_checkpoint(tmp_path):
     result = _run(tmp_path / "run", max_steps=10_000, time_limit_minutes=1e-9, checkpoint_every=1000)
     assert not result.finished and result.step == 1
     assert latest_checkpoint(tmp_path / "run").name == "step_00000001.safetensors"
+
+
+class FakeClock:
+    """time.time() that advances one minute per training step (counted by on_step)."""
+
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_time_limit_counts_from_the_process_start_not_the_last_checkpoint(tmp_path, monkeypatch):
+    # Checkpoints every 2 steps (2 fake minutes) and a 5-minute limit: a clock reset at each
+    # checkpoint would never reach the limit; measured from the start, the check after step 7 (six
+    # ticked minutes) is the first past it.
+    import trainers.loop as loop_module
+
+    clock = FakeClock()
+    monkeypatch.setattr(loop_module.time, "time", clock.time)
+
+    def tick(step, _):
+        clock.now += 60.0
+
+    result = _run(tmp_path / "run", max_steps=12, time_limit_minutes=5.0, checkpoint_every=2, on_step=tick)
+    assert not result.finished and result.step == 7
+    assert latest_checkpoint(tmp_path / "run").name == "step_00000007.safetensors"
+    state = _final_state(tmp_path / "run")
+    assert state.extra["train_seconds"] == pytest.approx(6 * 60.0)  # steps 1-6 ticked before the step-7 check
+    monkeypatch.undo()
+
+    resumed = _run(tmp_path / "run", max_steps=12)
+    assert resumed.finished and resumed.step == 12
+    _run(tmp_path / "straight", max_steps=12)
+    assert _losses(tmp_path / "run") == _losses(tmp_path / "straight")

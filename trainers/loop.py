@@ -353,7 +353,8 @@ class _Trainer:
         loop, is_main = self.loop, self.dist.is_main
         logger = RunLogger(self.run_dir, enabled=is_main, resume_step=self.step, tensorboard=loop.tensorboard)
         acc = _LogAccumulator()
-        started = time.time()
+        process_start = time.time()  # the time limit counts from here, whatever checkpoints happen
+        started = process_start  # start of the span not yet added to train_seconds
         interval_start, interval_steps = time.time(), 0
         bar = tqdm(total=loop.max_steps, initial=self.step, disable=not (is_main and loop.progress), dynamic_ncols=True, desc=self.stage.name)
         stopped_early = False
@@ -381,7 +382,7 @@ class _Trainer:
                     self._hook(lambda: self.stage.sample(self.step, self.eval_weights(), self._sample_dir()))
                 out_of_time = False
                 if loop.time_limit_minutes > 0:
-                    out_of_time = distributed.broadcast_object(time.time() - started > 60 * loop.time_limit_minutes)
+                    out_of_time = distributed.broadcast_object(time.time() - process_start > 60 * loop.time_limit_minutes)
                 if self.step % loop.checkpoint_every == 0 or self.step == loop.max_steps or out_of_time:
                     self.train_seconds += time.time() - started  # stored in the checkpoint
                     self.save_checkpoint()
