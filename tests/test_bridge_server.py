@@ -427,9 +427,9 @@ def test_real_starts_show_the_bank_and_are_deterministic_by_seed():
         for index in (0, 3, 4):
             frames = client.reset(start="real", start_index=index, seed=1)
             np.testing.assert_array_equal(frames, world.start_frames[index][-world.chunk_frames:])
-            assert client.last_reset == ResetInfo("real", index, f"p{index}")
+            assert client.last_reset == ResetInfo("real", index, f"p{index}", "shared", "raw")
         client.reset(start_index=2, prompt="mine")  # an index alone means a real start; a prompt sent wins
-        assert client.last_reset == ResetInfo("real", 2, "mine")
+        assert client.last_reset == ResetInfo("real", 2, "mine", "shared", "raw")
         drawn = set()
         for seed in range(8):
             first = client.reset(start="real", seed=seed)
@@ -444,7 +444,7 @@ def test_real_starts_show_the_bank_and_are_deterministic_by_seed():
             drawn.add(index)
         assert len(drawn) > 1
         client.reset(start="prompt", seed=0)
-        assert client.last_reset == ResetInfo("prompt", None, world.spec.default_prompt)
+        assert client.last_reset == ResetInfo("prompt", None, world.spec.default_prompt, "shared", "raw")
     reference = rewarded_world()  # a real start plays on exactly like its bank frames sent as context, in-process
     context, prompt = reference.start(3)
     np.testing.assert_array_equal(reference.reset(prompt=prompt, seed=5, context=context), world.start_frames[3][-2:])
@@ -511,7 +511,7 @@ def test_a_1_0_peer_is_served_and_a_1_1_client_keeps_to_a_1_0_server(server, wor
     with Server(world, "tcp://127.0.0.1:*").start() as old, Client(old.address, timeout_ms=5000) as client:
         with pytest.raises(P.BridgeError, match="start='real' needs bridge protocol 1.1"):
             client.reset(start="real")
-        assert client.info.protocol == (1, 0) and client.protocol_version == (1, 1)
+        assert client.info.protocol == (1, 0) and client.protocol_version >= (1, 1)
         client.reset(seed=0, start="prompt")  # a prompt start sends no 1.1 field
         assert client.last_reset.start == "prompt"
     old_hello = {"v": [1, 0], "server": "worldsdk-bridge", "world": server.spec.to_dict(), "chunk_frames": 2,

@@ -9,8 +9,11 @@
 
 Every request waits at most `timeout_ms`; on a timeout the socket is closed and reopened under the
 same routing id (so the server still knows the client) and the request is sent again with the same
-id, which the server answers from its reply cache if it had already served it (Lazy Pirate, zguide
+id, which the server answers from its reply window if it had already served it (Lazy Pirate, zguide
 ch. 4). A session the server no longer knows raises `SessionLostError`; `reset()` starts a new one.
+Every error reply raises `ProtocolError`, also one with a nil id: this client has one request in flight,
+so such a reply answers it. With `codec="shm"` (a server on this machine) frames come through a
+shared-memory ring instead of the socket, and are copied out of it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from zmq.utils.monitor import parse_monitor_message
 from worldsdk.config import WorldSpec
 
 from . import protocol as P
+from .shm import RingReader
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,9 @@ class WorldInfo:
     max_request_bytes: int
     predicts_rewards: bool = False  # since 1.1; a 1.0 server predicts none
     num_starts: int = 0  # entries of the world's bank of real starts (since 1.1)
+    limits: dict | None = None  # since 1.2: max_sessions, max_sessions_per_client, max_clients, max_batch,
+    # reply_window, ring_slots, max_header_bytes, max_prompt_chars, max_context_frames (None from older servers)
+    batching: str = "shared"  # since 1.2: the server's default batching mode for new sessions
 
     @property
     def action_space(self):
@@ -71,7 +78,13 @@ class WorldInfo:
             max_request_bytes=int(header["max_request_bytes"]),
             predicts_rewards=bool(header.get("predicts_rewards", False)),
             num_starts=int(header.get("num_starts", 0)),
+            limits={k: int(header[k]) for k in _LIMITS if k in header} if "reply_window" in header else None,
+            batching=str(header.get("batching", "shared")),
         )
+
+
+_LIMITS = ("max_sessions", "max_sessions_per_client", "max_clients", "max_batch", "reply_window", "ring_slots",
+           "max_header_bytes", "max_prompt_chars", "max_context_frames", "max_request_bytes")
 
 
 @dataclass(frozen=True)
@@ -98,12 +111,15 @@ class StepInfo:
 
 @dataclass(frozen=True)
 class ResetInfo:
-    """How the server started a session: start mode ("prompt", "real" or "context"), bank entry, prompt.
-    A 1.0 server says none of it: then start is "prompt" or "context" as asked and prompt is None."""
+    """How the server started a session: start mode ("prompt", "real" or "context"), bank entry, prompt,
+    and (since 1.2) its batching mode and codec. A 1.0 server says none of it: then start is "prompt" or
+    "context" as asked, prompt is None; a 1.1 server leaves batching None."""
 
     start: str
     start_index: int | None
     prompt: str | None
+    batching: str | None = None
+    codec: str | None = None
 
 
 class Client:
@@ -113,7 +129,8 @@ class Client:
         address: the server's endpoint, e.g. "tcp://127.0.0.1:5555".
         timeout_ms: how long one try of a request waits for its reply.
         retries: how many times a request is sent again after a timeout.
-        codec: "raw" (exact frames) or "jpeg" (smaller, lossy: for thin links).
+        codec: "raw" (exact frames), "jpeg" (smaller, lossy: for thin links) or "shm" (exact frames through
+            shared memory: for a server on this machine, under the same user; needs protocol 1.2).
         curve_server_key: the server's public key file (turns on CURVE).
         curve_client_key: this client's secret key file (*.key_secret); CURVE only.
     """
@@ -152,6 +169,8 @@ class Client:
         self._ids = itertools.count(1)
         self._socket: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
+        self._rings = RingReader()
+        self._closed = False
         self._open()
 
     @staticmethod
@@ -190,8 +209,10 @@ class Client:
 
     def _request(self, header: dict, timeout_ms: int | None = None, retries: int | None = None, payload: list = ()) -> tuple[dict, list]:
         """Send one request and wait for its reply; raise the error it carries, if any."""
-        if self._socket is None:
+        if self._closed:
             raise P.BridgeError("this client is closed")
+        if self._socket is None:  # closed after a failed handshake, so that ZeroMQ stopped reconnecting
+            self._open()
         timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
         retries = self.retries if retries is None else retries
         header = {**header, "id": next(self._ids)}
@@ -219,12 +240,19 @@ class Client:
                 event = parse_monitor_message(self._monitor.recv_multipart())
                 reason = _HANDSHAKE_FAILURES.get(event["event"])
                 if reason is not None:
+                    # ZeroMQ would retry the handshake forever in the background: stop it (the next
+                    # request opens a new socket)
+                    self._close_socket()
                     raise P.AuthenticationError(f"{self.address}: {reason}")
             if self._socket in ready:
                 parts = self._socket.recv_multipart(copy=False)
                 header = P.unpack_header(parts[0].bytes, limit=None)  # the server is trusted more than its clients
+                if header.get("type") == "error" and header.get("id") is None:
+                    # the server could not read the id of a request; ours is the only one in flight
+                    # (a late reply to an earlier try carries its id, which is this one's too)
+                    raise P.error_from_reply({**header, "id": request_id})
                 if header.get("id") != request_id:
-                    continue  # a late reply to an earlier try
+                    continue  # a late reply to an earlier request
                 if header.get("type") == "error":
                     raise P.error_from_reply(header)
                 return header, parts[1:]
@@ -240,15 +268,28 @@ class Client:
         return self.info
 
     def reset(self, prompt: str | None = None, seed: int | None = None, context: np.ndarray | None = None,
-              start: str | None = None, start_index: int | None = None) -> np.ndarray:
+              start: str | None = None, start_index: int | None = None, batching: str | None = None) -> np.ndarray:
         """Start (or restart) this client's session; return the first chunk, uint8 (chunk, H, W, 3).
 
         `context`: real frames, uint8 (N, H, W, 3), for the world to continue from; the first chunk
         is then their last `chunk` frames. `start="real"`: continue from an entry of the world's bank
         of real starts (`info.num_starts`), entry `start_index`, or one the server draws from `seed`;
-        a `start_index` alone means `start="real"`. `last_reset` says how the session started.
+        a `start_index` alone means `start="real"`. `batching="exact"`: the server steps this session in
+        forwards of its own, so its frames equal the session played alone bit for bit ("shared": batched
+        with others, within the documented rounding bound; None: the server's default, `info.batching`).
+        `last_reset` says how the session started.
         """
         header = {"type": "reset", "prompt": prompt, "seed": None if seed is None else int(seed), "codec": self.codec}
+        if batching is not None:
+            if batching not in P.BATCHING_MODES:
+                raise ValueError(f"batching must be one of {list(P.BATCHING_MODES)}, got {batching!r}")
+            self._require_version((1, 2), f"reset with batching={batching!r}")
+            header["batching"] = batching
+        if self.codec == "shm":
+            self._require_version((1, 2), "codec 'shm'")
+            if "shm" not in self.info.codecs:
+                raise P.BridgeError(f"the server at {self.address} offers no shared-memory frames (codecs {list(self.info.codecs)}): "
+                                    "it must run on this machine on a loopback or ipc endpoint; use codec 'raw'")
         if start_index is not None and start is None:
             start = "real"
         if start not in (None, "prompt"):  # "prompt" is what a reset without `start` does, also on a 1.0 server
@@ -275,7 +316,8 @@ class Client:
         if reply is None:
             reply = self._request(header, payload=payload)
         requested = "context" if context is not None else start or "prompt"
-        self.last_reset = ResetInfo(reply[0].get("start", requested), reply[0].get("start_index"), reply[0].get("prompt"))
+        self.last_reset = ResetInfo(reply[0].get("start", requested), reply[0].get("start_index"), reply[0].get("prompt"),
+                                    reply[0].get("batching"), reply[0].get("codec"))
         self.last_step = None
         return self._frames(reply)
 
@@ -298,7 +340,7 @@ class Client:
 
     def close(self) -> None:
         """Close the session on the server (best effort) and the socket. Safe to call twice."""
-        if self._socket is None:
+        if self._closed:
             return
         if self.session is not None:
             try:
@@ -307,6 +349,8 @@ class Client:
                 log.debug("closing session %s: %s", self.session, e)
             self.session = None
         self._close_socket()
+        self._rings.close()
+        self._closed = True
 
     def _require_version(self, version: tuple[int, int], what: str) -> None:
         """Refuse, before sending, a request that the server's protocol version does not know."""
@@ -325,7 +369,12 @@ class Client:
         header, parts = reply
         self.session = header["session"]
         self.chunk = header.get("chunk")
-        return P.decode_frames(header["frames"], [part.buffer for part in parts])
+        meta = header["frames"]
+        if isinstance(meta, dict) and meta.get("codec") == "shm":
+            if parts:
+                raise P.ProtocolError(P.BAD_MESSAGE, f"shm frames come without payload parts, got {len(parts)}")
+            return self._rings.read(meta)
+        return P.decode_frames(meta, [part.buffer for part in parts])
 
     def __enter__(self) -> "Client":
         return self

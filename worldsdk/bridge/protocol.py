@@ -18,15 +18,19 @@ from typing import Any, Callable, Mapping, Sequence
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION: tuple[int, int] = (1, 1)  # (major, minor): a different major is refused at hello
+PROTOCOL_VERSION: tuple[int, int] = (1, 2)  # (major, minor): a different major is refused at hello
 # 1.1 added: hello `predicts_rewards` / `num_starts`; reset `start` / `start_index` (and `start`, `start_index`,
 # `prompt` in its reply); step replies `reward`, `terminated`, `reward_predicted`, `frame_rewards`.
+# 1.2 added: hello's limits (`max_clients`, `max_sessions_per_client`, `max_batch`, `reply_window`, `ring_slots`,
+# `max_header_bytes`, `max_prompt_chars`, `batching`); reset `batching` and the `shm` codec (and `batching`,
+# `codec`, `quality` in its reply); hello starts a new incarnation of the client (its reply window is emptied).
 
 # Request types and the reply type of each success (an error reply has type "error").
 REQUEST_TYPES = ("hello", "reset", "step", "set_prompt", "close", "ping")
 REPLY_TYPE = {"hello": "hello", "reset": "frames", "step": "frames", "set_prompt": "ok", "close": "ok", "ping": "pong"}
 
-CODECS = ("raw", "jpeg")
+CODECS = ("raw", "jpeg", "shm")  # shm: frames in a shared-memory ring on the server's machine (see shm.py)
+BATCHING_MODES = ("shared", "exact")  # shared: one forward for all waiting sessions; exact: a forward per session
 START_MODES = ("prompt", "real")  # how a reset starts: the world generates a first chunk, or a real start of its bank
 
 # Limits a request must respect (the server may lower the total size; the header limit is fixed).
@@ -105,15 +109,19 @@ def pack_header(header: Mapping) -> bytes:
 def unpack_header(data: bytes, limit: int | None = MAX_HEADER_BYTES) -> dict:
     """Decode a header part; raise ProtocolError(bad_message / too_large) for anything but a map."""
     if limit is not None and len(data) > limit:
-        raise ProtocolError(TOO_LARGE, f"header is {len(data)} bytes; the limit is {limit}")
+        raise ProtocolError(TOO_LARGE, f"header is {len(data)} bytes; the limit is {limit}", peek_request_id(data))
     try:
         header = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, timestamp=0)
-    except Exception as e:  # FormatError, ExtraData, StackError, UnicodeDecodeError, ValueError, ...
+    except ValueError as e:
+        if "not allowed for map key" in str(e):  # a map with int/bytes/... keys: refused below, with its id
+            raise ProtocolError(BAD_MESSAGE, "header keys must be strings", peek_request_id(data)) from None
+        raise ProtocolError(BAD_MESSAGE, f"header is not valid msgpack: {type(e).__name__}: {e}") from None
+    except Exception as e:  # FormatError, ExtraData, StackError, UnicodeDecodeError, ...
         raise ProtocolError(BAD_MESSAGE, f"header is not valid msgpack: {type(e).__name__}: {e}") from None
     if not isinstance(header, dict):
         raise ProtocolError(BAD_MESSAGE, f"header must be a msgpack map, got {type(header).__name__}")
     if not all(isinstance(k, str) for k in header):
-        raise ProtocolError(BAD_MESSAGE, "header keys must be strings")
+        raise ProtocolError(BAD_MESSAGE, "header keys must be strings", peek_request_id(data))
     return header
 
 
@@ -165,6 +173,7 @@ _CONTEXT = Field(
 )
 _CODEC = Field(lambda v: v in CODECS, False, f"one of {list(CODECS)}")
 _QUALITY = Field(lambda v: _is_int(v) and 1 <= v <= 100, False, "an integer in [1, 100]")
+_BATCHING = Field(_optional(lambda v: isinstance(v, str) and v in BATCHING_MODES), False, f"one of {list(BATCHING_MODES)} or nil")
 _START = Field(_optional(lambda v: isinstance(v, str) and v in START_MODES), False, f"one of {list(START_MODES)} or nil")
 _START_INDEX = Field(_optional(_uint63), False, "an integer in [0, 2**63) or nil (checked against the world's num_starts)")
 
@@ -179,9 +188,10 @@ REQUEST_FIELDS: dict[str, dict[str, Field]] = {
         "quality": _QUALITY,
         "start": _START,  # since 1.1
         "start_index": _START_INDEX,  # since 1.1
+        "batching": _BATCHING,  # since 1.2
     },
     "step": {"session": _SESSION, "action": Field(_any, True, "an action of the world's action space")},
-    "set_prompt": {"session": _SESSION, "prompt": Field(_text(MAX_PROMPT_CHARS), True, "a string")},
+    "set_prompt": {"session": _SESSION, "prompt": Field(_text(MAX_PROMPT_CHARS), True, f"a string of at most {MAX_PROMPT_CHARS} characters")},
     "close": {"session": _SESSION},
     "ping": {},
 }
@@ -191,6 +201,16 @@ def request_id_of(header: Mapping) -> int | None:
     """The request id to echo in a reply, or None where the header has no valid one."""
     rid = header.get("id")
     return rid if _uint63(rid) else None
+
+
+def peek_request_id(data: bytes) -> int | None:
+    """The id of a header part that is refused as a whole (too large, non-string keys), when it can be
+    read at all, so that even these errors find their request; None otherwise."""
+    try:
+        header = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=False, timestamp=0)
+    except Exception:  # not msgpack, or keys that cannot be dict keys: no id to read
+        return None
+    return request_id_of(header) if isinstance(header, dict) else None
 
 
 def validate_request(header: Mapping) -> str:
@@ -212,8 +232,16 @@ def validate_request(header: Mapping) -> str:
                 raise ProtocolError(BAD_FIELD, f"a {kind!r} request needs field {name!r} ({spec.expected})", rid)
             continue
         if not spec.check(header[name]):
-            raise ProtocolError(BAD_FIELD, f"field {name!r} must be {spec.expected}, got {_short(header[name])}", rid)
+            raise ProtocolError(BAD_FIELD, f"field {name!r} must be {spec.expected}, got {_describe(header[name])}", rid)
     return kind
+
+
+def _describe(value) -> str:
+    """A refused value as an error message shows it: long strings by their length (the value itself
+    would hide the reason, and could be 64 KiB long)."""
+    if isinstance(value, str) and len(value) > 64:
+        return f"a string of {len(value)} characters"
+    return _short(value)
 
 
 def _short(value, limit: int = 80) -> str:

@@ -14,10 +14,17 @@ Sessions belong to the client (ZeroMQ routing id) that created them and are name
 id; a request naming another client's session is answered exactly like one naming no session. Each
 client holds a lease renewed by every message it sends; when it lapses, the client's sessions (and
 their caches) are freed.
+
+Retries are exactly-once within a reply window: per client incarnation (a `hello` starts a new one),
+the replies to the last `reply_window` requests of each of its sessions, and to its last
+`reply_window` requests that name none of its sessions, are kept with a digest of the request they
+answer, so a repeated request (same id, same bytes) is answered again without running twice, and
+pings or other sessions' steps in between evict nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import secrets
@@ -32,6 +39,7 @@ import numpy as np
 import zmq
 
 from . import protocol as P
+from . import shm
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +75,58 @@ class Session:
     quality: int = 90
     chunks: int = 0  # chunks returned since the last reset (the reset chunk is 0)
     last_played: float = 0.0  # monotonic time of its last step or reset
+    batching: str = "shared"  # "exact": stepped in a forward of its own, so batching cannot change its frames
+    ring: shm.FrameRing | None = None  # codec "shm" only: where its frames go
+
+
+@dataclass
+class CachedReply:
+    digest: bytes  # of the request it answered: the same id with other bytes is a new request, not a retry
+    parts: list
+    scope: str | None  # the session it belongs to, or None (requests that name none of the client's sessions)
+
+
+class ReplyWindow:
+    """The replies a client may still ask for again: per scope (each of its sessions, and "no session"),
+    those to its last `size` requests. Pings and other sessions' requests evict nothing of a session."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.replies: dict[int, CachedReply] = {}
+        self._order: dict[str | None, deque[int]] = {}
+
+    def get(self, request_id: int, digest: bytes) -> list | None:
+        cached = self.replies.get(request_id)
+        return cached.parts if cached is not None and cached.digest == digest else None
+
+    def put(self, scope: str | None, request_id: int, digest: bytes, parts: list) -> None:
+        old = self.replies.pop(request_id, None)
+        if old is not None:  # an id used again for another request: the newer reply wins
+            self._order[old.scope].remove(request_id)
+        self.replies[request_id] = CachedReply(digest, parts, scope)
+        order = self._order.setdefault(scope, deque())
+        order.append(request_id)
+        while len(order) > self.size:
+            self.replies.pop(order.popleft(), None)
+
+    def forget(self, scope: str | None) -> None:
+        for request_id in self._order.pop(scope, ()):
+            self.replies.pop(request_id, None)
+
+    def clear(self) -> None:
+        self.replies.clear()
+        self._order.clear()
 
 
 @dataclass
 class Peer:
-    """A client as the server knows it: when it was last heard from and what it was last told."""
+    """A client as the server knows it: when it was last heard from, its sessions and its reply window."""
 
     routing_id: bytes
     last_seen: float
+    window: ReplyWindow
     sessions: set[str] = field(default_factory=set)
-    last_reply: tuple[int, list] | None = None  # (request id, reply parts): a retried request gets it again
+    incarnation: int = 0  # bumped by every hello: a restarted process with the same routing id is a new client
 
 
 @dataclass
@@ -85,6 +135,8 @@ class Request:
     header: dict
     type: str
     id: int
+    digest: bytes = b""  # of all its parts: tells a retry (same bytes) from a new request reusing an id
+    incarnation: int = 0  # of its client when it came in; replies to an earlier incarnation are not sent
     context: np.ndarray | None = None  # reset only: real frames (N, H, W, 3) to continue from
     start: str = "prompt"  # reset only: "prompt", "real" (context from the world's bank) or "context" (sent frames)
     start_index: int | None = None  # reset only: the bank entry of a "real" start
@@ -112,9 +164,16 @@ class Server:
     """Serve `world` on `bind` (a ZeroMQ endpoint; "tcp://127.0.0.1:*" picks a free port).
 
     Arguments:
-        lease_s: a client silent for this long loses its sessions.
+        lease_s: a client silent for this long loses its sessions (and its slot among `max_clients`).
         max_sessions: sessions held at once, over all clients.
-        max_batch: most sessions stepped in one forward.
+        max_sessions_per_client: sessions one client (routing id) may hold (default a quarter of max_sessions).
+        max_clients: clients known at once (default max(1024, 4 * max_sessions)); a client is known
+            from its first request until its lease lapses, also one that only pings.
+        reply_window: replies kept per session (and per client for requests naming no session) to
+            answer retries without running them twice; also the depth a client may pipeline per session.
+        batching: "shared" (sessions waiting together share one forward) or "exact" (a forward per
+            session: frames equal to the session played alone, bit for bit) for sessions that do not
+            choose at reset.
         batch_window_ms: how long a step may wait for the steps of the other sessions that are
             playing (stepped in the last second) to join its batch; 0 steps whatever is waiting.
         max_context_frames: most context frames a reset may carry (default 4 chunks).
@@ -134,6 +193,10 @@ class Server:
         max_sessions: int = 64,
         max_batch: int = 32,
         batch_window_ms: float = 5.0,
+        max_sessions_per_client: int | None = None,
+        max_clients: int | None = None,
+        reply_window: int = 8,
+        batching: str = "shared",
         max_request_bytes: int | None = None,
         max_context_frames: int | None = None,
         curve_secret_key: str | Path | None = None,
@@ -149,12 +212,18 @@ class Server:
         frame_bytes = self.spec.height * self.spec.width * 3
         self.max_context_frames = int(max_context_frames or 4 * world.chunk_frames)
         self.max_request_bytes = int(max_request_bytes or P.MAX_HEADER_BYTES + self.max_context_frames * frame_bytes)
-        self.max_peers = max(1024, 4 * self.max_sessions)
+        self.max_sessions_per_client = int(max_sessions_per_client or max(1, self.max_sessions // 4))
+        self.max_peers = int(max_clients or max(1024, 4 * self.max_sessions))
+        self.reply_window = int(reply_window)
+        if batching not in P.BATCHING_MODES:
+            raise ValueError(f"batching must be one of {list(P.BATCHING_MODES)}, got {batching!r}")
+        if min(self.max_sessions, self.max_sessions_per_client, self.max_peers, self.reply_window, self.max_batch) < 1:
+            raise ValueError("max_sessions, max_sessions_per_client, max_clients, reply_window and max_batch must be >= 1")
+        self.batching = batching
         self.sessions: dict[str, Session] = {}
         self.peers: dict[bytes, Peer] = {}
         self.batch_sizes: Counter[int] = Counter()  # batch size -> forwards made (steps and resets), for tests and benchmarks
         self._pending: deque[Request] = deque()
-        self._hello = self._hello_fields()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -172,6 +241,9 @@ class Server:
         self.socket.bind(bind)
         self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.curve = curve_secret_key is not None
+        # a ring is only useful to a client on this machine, and only a loopback or ipc endpoint guarantees one
+        self.ring_slots = self.reply_window + 1 if shm.available() and is_loopback(self.address) else 0
+        self._hello = self._hello_fields()
         if not is_loopback(self.address) and not self.curve:
             log.warning("serving %s beyond localhost without CURVE: anyone who can reach it can use it", self.address)
         log.info("serving world %r on %s (lease %.0f s, CURVE %s)", self.spec.name, self.address, self.lease_s,
@@ -202,11 +274,20 @@ class Server:
             "chunk_frames": int(self.world.chunk_frames),
             "observation": {"dtype": "uint8", "shape": [int(s) for s in self.world.observation_shape]},
             "fps": float(spec.fps),
-            "codecs": list(P.CODECS),
+            "codecs": [c for c in P.CODECS if c != "shm" or self.ring_slots],
             "lease_s": self.lease_s,
             "max_request_bytes": self.max_request_bytes,
             "max_context_frames": self.max_context_frames,
             "max_sessions": self.max_sessions,
+            # since 1.2: every limit the server enforces
+            "max_sessions_per_client": self.max_sessions_per_client,
+            "max_clients": self.max_peers,
+            "max_batch": self.max_batch,
+            "reply_window": self.reply_window,
+            "ring_slots": self.ring_slots,
+            "max_header_bytes": P.MAX_HEADER_BYTES,
+            "max_prompt_chars": P.MAX_PROMPT_CHARS,
+            "batching": self.batching,
         }
 
     # -- running ---------------------------------------------------------------------------------
@@ -264,6 +345,9 @@ class Server:
             self._auth.stop()
         if self._own_context:
             self.context.term()
+        for session in self.sessions.values():
+            if session.ring is not None:
+                session.ring.close()
         self.sessions.clear()
         self.peers.clear()
 
@@ -304,14 +388,24 @@ class Server:
             return
         if peer is None:
             if len(self.peers) >= self.max_peers:
-                self._send_error(envelope, P.BUSY, f"the server serves {self.max_peers} clients already", request.id)
+                self._send_error(envelope, P.BUSY, f"the server knows {self.max_peers} clients already (max_clients); "
+                                 "a client is forgotten when its lease lapses: retry later", request.id)
                 return
-            peer = self.peers[routing_id] = Peer(routing_id, now)
-        if peer.last_reply is not None and peer.last_reply[0] == request.id:
-            self._send(envelope, peer.last_reply[1])  # a retry of a request already answered
-            return
-        if any(r.envelope[0] == routing_id and r.id == request.id for r in self._pending):
-            return  # a retry of a request still waiting
+            peer = self.peers[routing_id] = Peer(routing_id, now, ReplyWindow(self.reply_window))
+        if request.type == "hello":
+            # never answered from the window: a restarted process that kept its routing id restarts its ids
+            # too, and its hello must not get (or let later requests get) the previous process's replies
+            peer.incarnation += 1
+            peer.window.clear()
+        else:
+            cached = peer.window.get(request.id, request.digest)
+            if cached is not None:
+                self._send(envelope, cached)  # a retry of a request already answered
+                return
+            if any(r.envelope[0] == routing_id and r.id == request.id and r.digest == request.digest
+                   and r.incarnation == peer.incarnation for r in self._pending):
+                return  # a retry of a request still waiting: its reply is sent when it is served
+        request.incarnation = peer.incarnation
         self._pending.append(request)
 
     def _parse(self, envelope: list[bytes], body: list[bytes]) -> Request:
@@ -319,10 +413,15 @@ class Server:
             raise P.ProtocolError(P.BAD_MESSAGE, "empty message: expected a msgpack header part")
         size = sum(len(part) for part in body)
         if size > self.max_request_bytes:
-            raise P.ProtocolError(P.TOO_LARGE, f"request is {size} bytes; the limit is {self.max_request_bytes}")
+            raise P.ProtocolError(P.TOO_LARGE, f"request is {size} bytes; the limit is {self.max_request_bytes}",
+                                  P.peek_request_id(body[0]))
         header = P.unpack_header(body[0])
         kind = P.validate_request(header)
         rid = header["id"]
+        digest = hashlib.blake2b(digest_size=16)
+        for part in body:
+            digest.update(len(part).to_bytes(8, "little"))
+            digest.update(part)
         parts = 1 if "context" in header else 0
         if len(body) - 1 != parts:
             raise P.ProtocolError(P.BAD_MESSAGE, f"this {kind!r} request needs {parts} payload part(s), got {len(body) - 1}", rid)
@@ -331,15 +430,18 @@ class Server:
                 P.check_version(header["v"])
             context = self._context(header["context"], body[1]) if parts else None
             if kind == "reset":
+                if header.get("codec") == "shm" and not self.ring_slots:
+                    raise P.ProtocolError(P.BAD_FIELD, f"codec 'shm' needs shared memory on a server bound to a loopback or "
+                                          f"ipc endpoint; this one is bound to {self.address} (see hello's codecs): use raw")
                 start, index = self._start(header)
                 if start == "real":
                     context = self.world.start(index)[0]
                 elif context is not None:
                     start = "context"
-                return Request(envelope, header, kind, rid, context, start, index)
+                return Request(envelope, header, kind, rid, digest.digest(), 0, context, start, index)
         except P.ProtocolError as e:
             raise P.ProtocolError(e.code, e.message, rid) from None
-        return Request(envelope, header, kind, rid, context)
+        return Request(envelope, header, kind, rid, digest.digest(), 0, context)
 
     def _start(self, header: dict) -> tuple[str, int | None]:
         """A reset's start mode and, for a "real" start, its bank entry: the one asked for, else one drawn
@@ -381,6 +483,7 @@ class Server:
         steps: list[tuple[Request, Session, Any]] = []
         resets: list[tuple[Request, Session | None]] = []
         busy: set[str] = set()  # sessions with a step or reset in this round
+        opened: Counter[bytes] = Counter()  # sessions this round opens, per client
         deferred: deque[Request] = deque()
         pending, self._pending = self._pending, deque()
         for request in pending:
@@ -400,23 +503,35 @@ class Server:
                     busy.add(sid)
                 elif request.type == "reset":
                     session = self._session(request) if sid is not None else None
-                    if session is None and len(self.sessions) + sum(s is None for _, s in resets) >= self.max_sessions:
-                        raise P.ProtocolError(P.BUSY, f"the server holds {self.max_sessions} sessions already; close one or retry later")
+                    if session is None:
+                        self._check_quota(request.envelope[0], sum(opened.values()), opened[request.envelope[0]])
+                        opened[request.envelope[0]] += 1
                     resets.append((request, session))
                     if sid is not None:
                         busy.add(sid)
                 else:
                     self._answer_now(request)
             except P.ProtocolError as e:
-                self._send_error(request.envelope, e.code, e.message, request.id)
+                self._refuse(request, e.code, e.message)
             except Exception as e:
                 log.exception("failed to answer a %s request", request.type)
-                self._send_error(request.envelope, P.INTERNAL, f"{type(e).__name__}: {str(e)[:500]}", request.id)
+                self._refuse(request, P.INTERNAL, f"{type(e).__name__}: {str(e)[:500]}")
         self._pending = deferred
         if resets:
             self._run_resets(resets)
         if steps:
             self._run_steps(steps)
+
+    def _check_quota(self, routing_id: bytes, opening: int, opening_here: int) -> None:
+        """Refuse (busy) a session beyond max_sessions, or beyond this client's max_sessions_per_client."""
+        if len(self.sessions) + opening >= self.max_sessions:
+            raise P.ProtocolError(P.BUSY, f"the server holds {self.max_sessions} sessions already (max_sessions); "
+                                  "close one or retry later")
+        peer = self.peers.get(routing_id)
+        held = (len(peer.sessions) if peer is not None else 0) + opening_here
+        if held >= self.max_sessions_per_client:
+            raise P.ProtocolError(P.BUSY, f"this client holds {held} sessions; one client may hold "
+                                  f"{self.max_sessions_per_client} (max_sessions_per_client): close one or reset one of yours")
 
     def _session(self, request: Request) -> Session:
         session = self.sessions.get(request.session_id)
@@ -460,7 +575,17 @@ class Server:
             log.exception("the world raised in %s", getattr(fn, "__name__", fn))
             raise P.ProtocolError(P.INTERNAL, f"the world raised {type(e).__name__}: {str(e)[:500]}") from None
 
+    def _batching(self, request: Request, session: Session | None) -> str:
+        """The batching mode a reset asks for, else the session's, else the server's default."""
+        return request.header.get("batching") or (session.batching if session is not None else self.batching)
+
     def _run_resets(self, resets: list[tuple[Request, Session | None]]) -> None:
+        """Exact sessions start in an init_state of their own, the others together in one."""
+        shared = [item for item in resets if self._batching(*item) == "shared"]
+        for group in ([shared] if shared else []) + [[item] for item in resets if self._batching(*item) == "exact"]:
+            self._start_sessions(group)
+
+    def _start_sessions(self, resets: list[tuple[Request, Session | None]]) -> None:
         prompts = [self._prompt(request) for request, _ in resets]
         seeds = [r.header.get("seed") for r, _ in resets]  # None: a fresh random seed
         contexts = [r.context for r, _ in resets]
@@ -471,9 +596,16 @@ class Server:
         except Exception as e:
             log.exception("init_state failed for %d sessions", len(resets))
             for request, _ in resets:
-                self._send_error(request.envelope, P.INTERNAL, f"the world raised {type(e).__name__}: {str(e)[:500]}", request.id)
+                self._refuse(request, P.INTERNAL, f"the world raised {type(e).__name__}: {str(e)[:500]}")
             return
         for i, (request, session) in enumerate(resets):
+            codec = request.header.get("codec", session.codec if session is not None else "raw")
+            try:
+                ring = self._ring(session, codec)
+            except OSError as e:
+                self._refuse(request, P.BUSY, f"no room for a frame ring of {self.ring_slots} chunks in {shm.SHM_DIR} "
+                             f"({e.strerror}); use codec raw")
+                continue
             if session is None:
                 session = Session(secrets.token_hex(16), request.envelope[0], states[i])
                 self.sessions[session.id] = session
@@ -482,12 +614,23 @@ class Server:
                     peer.sessions.add(session.id)
                 log.info("opened session %s for client %s (%d open)", session.id, request.envelope[0].hex(), len(self.sessions))
             session.state, session.chunks, session.last_played = states[i], 0, time.monotonic()
-            session.codec = request.header.get("codec", session.codec)
+            session.batching = self._batching(request, session)
+            session.codec, session.ring = codec, ring
             session.quality = request.header.get("quality", session.quality)
-            start = {"start": request.start, "prompt": prompts[i]}
+            fields = {"start": request.start, "prompt": prompts[i], "batching": session.batching, "codec": session.codec,
+                      "quality": session.quality if session.codec == "jpeg" else None}  # nil: quality does nothing here
             if request.start_index is not None:
-                start["start_index"] = request.start_index
-            self._send_frames(request, session, frames[i], start)
+                fields["start_index"] = request.start_index
+            self._send_frames(request, session, frames[i], fields)
+
+    def _ring(self, session: Session | None, codec: str) -> shm.FrameRing | None:
+        """The frame ring a session needs for `codec`: its own when it has one, a new one, or none."""
+        ring = session.ring if session is not None else None
+        if codec != "shm":
+            if ring is not None:
+                ring.close()
+            return None
+        return ring or shm.FrameRing(self.world.observation_shape, self.ring_slots)
 
     def _prompt(self, request: Request) -> str:
         """The prompt a reset starts with: the one sent, else a real start's own, else the world's default."""
@@ -499,6 +642,12 @@ class Server:
         return self.spec.default_prompt
 
     def _run_steps(self, steps: list[tuple[Request, Session, Any]]) -> None:
+        """Shared sessions step in one forward; each exact session in a forward of its own."""
+        shared = [item for item in steps if item[1].batching == "shared"]
+        for group in ([shared] if shared else []) + [[item] for item in steps if item[1].batching == "exact"]:
+            self._step_sessions(group)
+
+    def _step_sessions(self, steps: list[tuple[Request, Session, Any]]) -> None:
         try:
             states = [session.state for _, session, _ in steps]
             frames, state = self.world.step_state(type(states[0]).stack(states), [action for _, _, action in steps])
@@ -509,12 +658,11 @@ class Server:
             if len(steps) == 1:
                 request = steps[0][0]
                 log.exception("step_state failed for session %s", request.session_id)
-                message = "the world raised while stepping; the session keeps its previous state"
-                self._send_error(request.envelope, P.INTERNAL, message, request.id)
+                self._refuse(request, P.INTERNAL, "the world raised while stepping; the session keeps its previous state")
                 return
             log.exception("a batched step of %d sessions failed; stepping them one by one", len(steps))
             for item in steps:
-                self._run_steps([item])
+                self._step_sessions([item])
             return
         for i, (request, session, _) in enumerate(steps):
             session.state = new_states[i]
@@ -539,21 +687,48 @@ class Server:
 
     def _free(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
+        if session.ring is not None:
+            session.ring.close()
+            session.ring = None
         peer = self.peers.get(session.owner)
         if peer is not None:
             peer.sessions.discard(session.id)
+            peer.window.forget(session.id)  # retries of a closed session's requests are answered unknown_session
 
     # -- sending ---------------------------------------------------------------------------------
     def _send_frames(self, request: Request, session: Session, frames: np.ndarray, fields: dict) -> None:
-        meta, parts = P.encode_frames(np.asarray(frames), session.codec, session.quality)
+        frames = np.asarray(frames)
+        if session.ring is not None:
+            meta, parts = session.ring.write(frames), []
+        else:
+            meta, parts = P.encode_frames(frames, session.codec, session.quality)
         header = {"type": "frames", "id": request.id, "session": session.id, "chunk": session.chunks, "frames": meta, **fields}
         self._reply(request, [P.pack_header(header), *parts])
+
+    def _current(self, request: Request) -> Peer | None:
+        """The request's client, or None when a hello has started a new incarnation since it came in:
+        that reply would reach a process that never sent the request, which may reuse its id."""
+        peer = self.peers.get(request.envelope[0])
+        if peer is not None and peer.incarnation != request.incarnation:
+            log.debug("dropping the reply to %s #%d of an earlier incarnation of client %s", request.type, request.id,
+                      request.envelope[0].hex())
+            return None
+        return peer
 
     def _reply(self, request: Request, parts: list) -> None:
         peer = self.peers.get(request.envelope[0])
         if peer is not None:
-            peer.last_reply = (request.id, parts)
+            if self._current(request) is None:
+                return
+            scope = request.session_id if request.session_id in peer.sessions else None
+            peer.window.put(scope, request.id, request.digest, parts)
         self._send(request.envelope, parts)
+
+    def _refuse(self, request: Request, code: str, message: str) -> None:
+        """An error reply to a parsed request. Not kept in the reply window: an error changed nothing,
+        so a retry of the request is served again."""
+        if self.peers.get(request.envelope[0]) is None or self._current(request) is not None:
+            self._send_error(request.envelope, code, message, request.id)
 
     def _send_error(self, envelope: list[bytes], code: str, message: str, request_id: int | None) -> None:
         self._send(envelope, [P.pack_header({"type": "error", "id": request_id, "code": code, "message": message})])
