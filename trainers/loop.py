@@ -6,6 +6,11 @@ averaging over ranks, clipping, bf16 autocast, EMA, logging, samples, evaluation
 checkpoints. Calling it again with the same `run_dir` resumes from the newest checkpoint there,
 exactly: weights, EMA, optimiser moments, the RNG states of every rank and the data position are all
 restored, so a killed run continues on the same trajectory as one that was never stopped.
+
+`loop.strategy` picks how ranks share the work: `ddp` replicates every module on every rank and
+averages gradients; `fsdp` shards weights, gradients, optimiser state and EMA with FSDP2
+(trainers/fsdp.py) and writes sharded checkpoint folders. The schedule, EMA, hooks and logging are
+the same code for both.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +30,21 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from trainers import distributed
+from trainers import fsdp as fsdp_lib
 from trainers.batches import BatchStream
 from trainers.ema import EMA
 from trainers.logger import RunLogger
 from trainers.stage import RunContext, Stage, Update
-from worldsdk.train_checkpoint import CheckpointError, TrainState, capture_rng, load_train_state, restore_rng, save_train_state
+from worldsdk.train_checkpoint import (
+    CheckpointError, TrainState, capture_rng, load_sharded_tensors, load_sharded_train_state, load_train_state, restore_rng,
+    save_sharded_train_state, save_train_state,
+)
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
-CHECKPOINT_NAME = re.compile(r"^step_(\d+)\.safetensors$")
+# step_N.safetensors: one file (ddp); step_N: a sharded folder (fsdp). A step_N.tmp folder is unfinished.
+CHECKPOINT_NAME = re.compile(r"^step_(\d+)(\.safetensors)?$")
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,8 @@ class LoopConfig:
     time_limit_minutes: float = 0.0  # stop with a checkpoint after this long in this process; 0: no limit
     progress: bool = True  # tqdm bar on rank 0
     tensorboard: bool = True
+    strategy: str = "ddp"  # ddp (replicated weights, averaged gradients) | fsdp (FSDP2: everything sharded)
+    activation_checkpointing: bool = False  # fsdp: recompute each DiT block in the backward pass
 
 
 @dataclass(frozen=True)
@@ -105,12 +118,20 @@ def to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step_{step:08d}.safetensors"
+def checkpoint_path(run_dir: Path, step: int, sharded: bool = False) -> Path:
+    name = f"step_{step:08d}" if sharded else f"step_{step:08d}.safetensors"
+    return Path(run_dir) / "checkpoints" / name
+
+
+def checkpoint_step(path: Path) -> int:
+    match = CHECKPOINT_NAME.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path} is not a checkpoint name (step_<N>.safetensors or step_<N>)")
+    return int(match.group(1))
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """(step, path) of the run's checkpoints, oldest first."""
+    """(step, path) of the run's checkpoints (files and sharded folders), oldest first."""
     folder = Path(run_dir) / "checkpoints"
     found = []
     if folder.is_dir():
@@ -124,6 +145,18 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1][1] if found else None
+
+
+def _remove_checkpoint(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _overrides(stage: Stage, hook: str) -> bool:
+    """Whether the stage implements `hook` (gathering sharded weights for a no-op hook would be waste)."""
+    return getattr(type(stage), hook) is not getattr(Stage, hook)
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -147,6 +180,15 @@ def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[st
         elif _plain(a) != _plain(b):  # a saved JSON list equals the current tuple
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
+
+
+def _sharded_grad_norm_(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Global gradient norm of sharded parameters (a collective), clipping to `max_norm` when > 0."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return distributed.full_tensor(norm)
 
 
 class _LogAccumulator:
@@ -196,9 +238,17 @@ class _Trainer:
             distributed.broadcast_module(module)
         self.updates = self.stage.updates()
         self._check_updates()
-        # Which parameters each update trains: those of its modules that the stage left trainable.
-        self.trainable = {id(p): p.requires_grad for m in self.modules.values() for p in m.parameters()}
         self.trained_modules = sorted({m for u in self.updates for m in u.modules})
+        # EMA copies start from the broadcast, unsharded weights; under FSDP they are sharded with their modules.
+        self.ema = {name: EMA(self.modules[name], decay, self.stage.ema_start_step()) for name, decay in self.stage.ema_decays().items()}
+        self.sharded: fsdp_lib.ShardedModules | None = None
+        if loop.strategy == "fsdp":
+            frozen = self._frozen_modules()
+            self.sharded = fsdp_lib.ShardedModules(self.device, self.autocast_dtype, loop.activation_checkpointing)
+            self.sharded.shard(self.modules, self.ema, frozen, set(self.trained_modules))
+        # Which parameters each update trains: those of its modules that the stage left trainable
+        # (read after sharding: FSDP replaces every parameter by its shard).
+        self.trainable = {id(p): p.requires_grad for m in self.modules.values() for p in m.parameters()}
         self.params = {u.name: self._update_params(u) for u in self.updates}
         self.optimizers = {
             u.name: torch.optim.AdamW(
@@ -207,7 +257,6 @@ class _Trainer:
             )
             for u in self.updates
         }
-        self.ema = {name: EMA(self.modules[name], decay, self.stage.ema_start_step()) for name, decay in self.stage.ema_decays().items()}
         self.stream = BatchStream(
             self.stage.dataset(), loop.batch_size, seed=loop.seed, rank=dist.rank, world_size=dist.world_size,
             collate_fn=self.stage.collate, num_workers=loop.num_workers, pin_memory=self.device.type == "cuda",
@@ -230,6 +279,22 @@ class _Trainer:
         if unknown:
             raise ValueError(f"EMA requested for unknown modules {sorted(unknown)}")
 
+    def _frozen_modules(self) -> dict[str, nn.Module]:
+        frozen = self.stage.frozen_modules()
+        for name, module in frozen.items():
+            if name in self.modules:
+                raise ValueError(f"stage module {name!r} is both checkpointed (modules()) and frozen (frozen_modules())")
+            if any(p.requires_grad for p in module.parameters()):
+                raise ValueError(f"frozen module {name!r} has trainable parameters; freeze it (requires_grad_(False)) first")
+            module.to(self.device)
+        return frozen
+
+    def _restore_trainable(self) -> None:
+        """Undo the last update's freezing: the optimiser state is read and written for every trained parameter."""
+        for name in self.trained_modules:
+            for p in self.modules[name].parameters():
+                p.requires_grad_(self.trainable[id(p)])
+
     def _update_params(self, update: Update) -> list[nn.Parameter]:
         seen, params = set(), []
         for name in update.modules:
@@ -243,6 +308,7 @@ class _Trainer:
 
     # -- weights to evaluate: EMA copies where kept ----------------------------------------------
     def eval_weights(self) -> dict[str, nn.Module]:
+        """The modules hooks evaluate (sharded under FSDP; `_hook` gives the hooks whole copies)."""
         return {name: self.ema[name].module if name in self.ema else module for name, module in self.modules.items()}
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -252,19 +318,28 @@ class _Trainer:
             seed_everything(rank_seed(self.loop.seed, self.dist.rank))
             return
         path = Path(path)
-        state = load_train_state(path, device=self.device)
+        written_sharded = path.is_dir()
+        if written_sharded != (self.sharded is not None):
+            raise CheckpointError(
+                f"checkpoint {path} was written with loop.strategy={'fsdp' if written_sharded else 'ddp'}; this run has "
+                f"loop.strategy={self.loop.strategy}: resume it with the strategy that wrote it, or start a new run_dir"
+            )
+        state = load_sharded_train_state(path) if written_sharded else load_train_state(path, device=self.device)
         differences = _config_differences(state.config, self.config)
         if differences and self.dist.is_main:
             log.warning("resuming %s with a changed config:\n  %s", path, "\n  ".join(differences))
-        try:
-            for name, module in self.modules.items():
-                module.load_state_dict(state.modules[name])
-            for name, ema in self.ema.items():
-                ema.load_state_dict(state.ema[name])
-            for name, optimizer in self.optimizers.items():
-                optimizer.load_state_dict(state.optimizers[name])
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise CheckpointError(f"checkpoint {path} does not match this stage's modules or optimisers: {err}") from err
+        if written_sharded:
+            self._load_sharded(path, state)
+        else:
+            try:
+                for name, module in self.modules.items():
+                    module.load_state_dict(state.modules[name])
+                for name, ema in self.ema.items():
+                    ema.load_state_dict(state.ema[name])
+                for name, optimizer in self.optimizers.items():
+                    optimizer.load_state_dict(state.optimizers[name])
+            except (KeyError, RuntimeError, ValueError) as err:
+                raise CheckpointError(f"checkpoint {path} does not match this stage's modules or optimisers: {err}") from err
         self.step = state.step
         self.stream.load_state_dict(state.extra["batches"])
         self.stage.load_state_dict(state.extra.get("stage", {}))
@@ -278,31 +353,63 @@ class _Trainer:
         if self.dist.is_main:
             log.info("resumed from %s at step %d", path, self.step)
 
+    def _load_sharded(self, path: Path, state: TrainState) -> None:
+        """Weights, EMA and optimiser moments from a sharded folder, on however many ranks this run has."""
+        missing = sorted(set(self.optimizers) - set(state.optimizers))
+        if missing:
+            raise CheckpointError(f"checkpoint {path} has no optimiser state for update(s) {missing}")
+        shards, _ = self.sharded.checkpoint_tensors(self.optimizers)
+        load_sharded_tensors(path, shards)
+        groups = {name: state.optimizers[name]["param_groups"] for name in self.optimizers}
+        try:
+            self.sharded.load_checkpoint_tensors(shards, self.optimizers, groups)
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {path} does not match this stage's modules or optimisers: {err}") from err
+
     def save_checkpoint(self) -> Path:
-        self._hook(lambda: self.stage.before_checkpoint(self.step, self.eval_weights()))
+        self._hook(lambda weights: self.stage.before_checkpoint(self.step, weights),
+                   needed=_overrides(self.stage, "before_checkpoint"), keep_buffers=True)
         for module in list(self.modules.values()) + [e.module for e in self.ema.values()]:
             distributed.broadcast_buffers(module)  # the hook ran on rank 0 only
         rng = distributed.all_gather_object(capture_rng())
-        path = checkpoint_path(self.run_dir, self.step)
+        extra = {"batches": self.stream.state_dict(), "stage": self.stage.state_dict(), "train_seconds": self.train_seconds,
+                 "strategy": self.loop.strategy, "world_size": self.dist.world_size}
+        if self.sharded is None:
+            path = checkpoint_path(self.run_dir, self.step)
+            if self.dist.is_main:
+                state = TrainState(
+                    step=self.step,
+                    config=self.config,
+                    modules={n: m.state_dict() for n, m in self.modules.items()},
+                    ema={n: e.state_dict() for n, e in self.ema.items()},
+                    optimizers={n: o.state_dict() for n, o in self.optimizers.items()},
+                    rng=rng,
+                    extra=extra,
+                )
+                save_train_state(path, state)
+        else:
+            path = checkpoint_path(self.run_dir, self.step, sharded=True)
+            self._restore_trainable()
+            shards, groups = self.sharded.checkpoint_tensors(self.optimizers)
+            state = TrainState(step=self.step, config=self.config, modules={}, ema={}, rng=rng, extra=extra,
+                               optimizers={n: {"state": {}, "param_groups": g} for n, g in groups.items()})
+            save_sharded_train_state(path, state, shards)
         if self.dist.is_main:
-            state = TrainState(
-                step=self.step,
-                config=self.config,
-                modules={n: m.state_dict() for n, m in self.modules.items()},
-                ema={n: e.state_dict() for n, e in self.ema.items()},
-                optimizers={n: o.state_dict() for n, o in self.optimizers.items()},
-                rng=rng,
-                extra={"batches": self.stream.state_dict(), "stage": self.stage.state_dict(), "train_seconds": self.train_seconds},
-            )
-            save_train_state(path, state)
             for _, old in list_checkpoints(self.run_dir)[: -max(1, self.loop.keep_checkpoints)]:
-                old.unlink(missing_ok=True)
+                _remove_checkpoint(old)
         distributed.barrier()
         self.last_checkpoint = path
         return path
 
     # -- hooks run on rank 0, in eval mode, without touching the training RNG ---------------------
-    def _hook(self, fn: Callable[[], Any]) -> Any:
+    def _hook(self, fn: Callable[[dict[str, nn.Module]], Any], needed: bool = True, keep_buffers: bool = False) -> Any:
+        """`fn(weights)` on rank 0. Under FSDP, `weights` are whole copies gathered from the shards
+        (every rank takes part), and with `keep_buffers` the buffers the hook set on them are copied
+        back into the sharded modules. `needed=False` skips a hook the stage does not implement."""
+        if not needed:
+            return None
+        sources = self.eval_weights()
+        weights = sources if self.sharded is None else self.sharded.full_copies(sources)
         result = None
         if self.dist.is_main:
             modes = {name: m.training for name, m in self.modules.items()}
@@ -310,10 +417,12 @@ class _Trainer:
                 m.eval()
             try:
                 with preserved_rng(), torch.no_grad():
-                    result = fn()
+                    result = fn(weights)
             finally:
                 for name, m in self.modules.items():
                     m.train(modes[name])
+            if keep_buffers and self.sharded is not None:
+                self.sharded.copy_buffers(weights, sources)
         return result
 
     # -- one iteration -----------------------------------------------------------------------------
@@ -333,11 +442,14 @@ class _Trainer:
         if not torch.isfinite(loss.detach()).all():
             raise FloatingPointError(f"update {update.name!r} returned a non-finite loss {loss.item()} at step {self.step}")
         loss.backward()
-        distributed.average_gradients(params)
-        if update.optimizer.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, update.optimizer.grad_clip)
+        if self.sharded is not None:  # FSDP has reduce-scattered (averaged) the gradients during backward
+            grad_norm = _sharded_grad_norm_(params, update.optimizer.grad_clip)
         else:
-            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            distributed.average_gradients(params)
+            if update.optimizer.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, update.optimizer.grad_clip)
+            else:
+                grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         for name in update.modules:
@@ -379,7 +491,7 @@ class _Trainer:
                 if loop.eval_every and self.step % loop.eval_every == 0 and self.step < loop.max_steps:
                     self._evaluate(logger)
                 if loop.sample_every and self.step % loop.sample_every == 0 and self.step < loop.max_steps:
-                    self._hook(lambda: self.stage.sample(self.step, self.eval_weights(), self._sample_dir()))
+                    self._hook(lambda w: self.stage.sample(self.step, w, self._sample_dir()), needed=_overrides(self.stage, "sample"))
                 out_of_time = False
                 if loop.time_limit_minutes > 0:
                     out_of_time = distributed.broadcast_object(time.time() - process_start > 60 * loop.time_limit_minutes)
@@ -398,10 +510,10 @@ class _Trainer:
         self.train_seconds += time.time() - started
         metrics: dict = {}
         if not stopped_early:
-            if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:08d}.safetensors"):
+            if self.last_checkpoint is None or checkpoint_step(self.last_checkpoint) != self.step:
                 self.save_checkpoint()
-            self._hook(lambda: self.stage.sample(self.step, self.eval_weights(), self._sample_dir()))
-            metrics = self._hook(lambda: self.stage.finish(self.step, self.eval_weights())) or {}
+            self._hook(lambda w: self.stage.sample(self.step, w, self._sample_dir()), needed=_overrides(self.stage, "sample"))
+            metrics = self._hook(lambda w: self.stage.finish(self.step, w), needed=_overrides(self.stage, "finish")) or {}
             logger.log(self.step, {f"final/{k}": v for k, v in metrics.items()})
         fingerprints = distributed.all_gather_object(distributed.fingerprint(self.modules))
         logger.log(
@@ -414,7 +526,7 @@ class _Trainer:
         return TrainResult(step=self.step, run_dir=self.run_dir, checkpoint=self.last_checkpoint, finished=not stopped_early, metrics=metrics)
 
     def _evaluate(self, logger: RunLogger) -> dict[str, float]:
-        metrics = self._hook(lambda: self.stage.evaluate(self.step, self.eval_weights())) or {}
+        metrics = self._hook(lambda w: self.stage.evaluate(self.step, w), needed=_overrides(self.stage, "evaluate")) or {}
         logger.log(self.step, {f"eval/{k}": v for k, v in metrics.items()})
         return metrics
 
@@ -437,7 +549,11 @@ def train(
     whole resolved config); `on_step(step, logged_scalars)` is called after each iteration on every
     rank. Works in one process or under `torchrun`.
     """
-    dist = distributed.setup(loop.device)
+    if loop.strategy not in fsdp_lib.STRATEGIES:
+        raise ValueError(f"loop.strategy must be one of {fsdp_lib.STRATEGIES}, got {loop.strategy!r}")
+    if loop.activation_checkpointing and loop.strategy != "fsdp":
+        raise ValueError("loop.activation_checkpointing needs loop.strategy=fsdp (it also runs on one process)")
+    dist = distributed.setup(loop.device, group_of_one=loop.strategy == "fsdp")
     try:
         if loop.threads > 0:
             torch.set_num_threads(loop.threads)
@@ -449,7 +565,7 @@ def train(
         trainer.resume()
         result = trainer.run(on_step)
     except BaseException:
-        distributed.teardown(wait=False)
+        distributed.teardown(dist, wait=False)
         raise
-    distributed.teardown()
+    distributed.teardown(dist)
     return result

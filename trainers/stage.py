@@ -1,8 +1,8 @@
 """What a training stage is: modules, a data set, and a schedule of objective -> optimiser updates.
 
 Stages (autoencoder, teacher, ode, cd, dmd) differ only in their objectives and update schedule;
-`trainers.loop.train` does everything else (devices, DDP, precision, clipping, EMA, logging,
-checkpoints, resuming). A stage subclasses `Stage` and implements `modules`, `updates` and
+`trainers.loop.train` does everything else (devices, DDP or FSDP, precision, clipping, EMA,
+logging, checkpoints, resuming). A stage subclasses `Stage` and implements `modules`, `updates` and
 `dataset`; the hooks (`sample`, `evaluate`, `before_checkpoint`, `finish`) are optional.
 
 Example: DMD's schedule (Self Forcing, `dfake_gen_update_ratio: 5`) is two updates, run in order:
@@ -108,7 +108,9 @@ class Stage:
     buffers the stage changes); frozen helpers (a teacher) stay private to the stage, which puts them
     on `ctx.device` itself. Hooks run on rank 0 only, with the global RNG states saved and restored
     around them, so that sampling or evaluating never changes the training trajectory. They receive
-    `weights`: the modules to evaluate, i.e. the EMA copy where the stage keeps one.
+    `weights`: the modules to evaluate, i.e. the EMA copy where the stage keeps one. Under
+    `loop.strategy=fsdp` these are whole copies gathered from the shards, and the stage's own
+    references to its trained modules hold only shards: hooks must use `weights`.
     """
 
     name: ClassVar[str] = ""
@@ -119,6 +121,15 @@ class Stage:
 
     def updates(self) -> list[Update]:
         raise NotImplementedError
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        """Large frozen helpers (DMD's real score) that the objectives call on every rank.
+
+        With `loop.strategy=fsdp` the loop shards them like the trained modules, so no rank holds a
+        whole copy; they are neither trained nor checkpointed, and hooks (rank 0 only) must not call
+        them. Their parameters must already be frozen. With ddp they are left as they are.
+        """
+        return {}
 
     def dataset(self) -> Dataset:
         """A map-style data set; item i must be a deterministic function of i (randomness belongs in objectives)."""

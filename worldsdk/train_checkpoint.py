@@ -6,11 +6,32 @@ mid-write leaves either the old file or the new one, a corrupt file is detected,
 names the file. Tensors (module and EMA weights, optimiser moments, RNG states) are stored flat under
 dotted prefixes; everything else (step, config, optimiser hyperparameters, sampler position, the
 scalar parts of the RNG states) is JSON. Nothing is pickled.
+
+Sharded checkpoints (FSDP, `loop.strategy=fsdp`) are a folder instead of a file:
+
+    step_00000500/train_state.safetensors   rank 0: step, config, optimiser hyperparameters, the RNG
+                                            states of every rank, data position (the layout above,
+                                            without weights), and the size of every shard file
+    step_00000500/shards/shard-0000R-model-00001-of-00001.safetensors   rank R-1's shards
+
+The shards are written by `torch.distributed.checkpoint` through its safetensors storage
+(`HuggingFaceStorageWriter`): each file holds one rank's pieces of the weights, EMA and optimiser
+moments, with each piece's offset in the whole tensor in the file's JSON header. Reading goes
+through the same safetensors headers, so a checkpoint can be loaded on a different number of ranks
+(DCP cuts the pieces each rank needs from whichever files hold them), or consolidated into whole
+tensors in one process (`read_sharded_tensors`). DCP's default storage pickles its metadata and
+unpickles non-tensor entries with `torch.load(weights_only=False)`; the safetensors storage reads no
+pickle, which is why it is used here and why only tensors go into the shards. The folder is written
+as `step_00000500.tmp` and renamed once every rank has finished, so a kill mid-write leaves the
+previous checkpoint the newest one.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,9 +45,12 @@ TRAIN_STATE_FORMAT = "worldsdk-train-state"
 TRAIN_STATE_VERSION = 1
 
 __all__ = [
-    "CheckpointError", "TrainState", "capture_rng", "flatten_optimizer_state", "load_train_state", "restore_rng",
-    "save_train_state", "unflatten_optimizer_state",
+    "CheckpointError", "TrainState", "capture_rng", "flatten_optimizer_state", "load_sharded_tensors", "load_train_state",
+    "read_sharded_tensors", "restore_rng", "save_sharded_train_state", "save_train_state", "unflatten_optimizer_state",
 ]
+
+SHARDED_STATE_FILE = "train_state.safetensors"
+SHARDS_DIR = "shards"
 
 
 def _unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -196,3 +220,114 @@ def load_train_state(path: str | Path, device: str | torch.device = "cpu") -> Tr
         )
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: incomplete training checkpoint ({type(err).__name__}: {err})") from err
+
+
+# ----------------------------------------------------------------------------------------------
+# Sharded training state (FSDP): a folder of per-rank safetensors shards plus rank 0's state file
+# ----------------------------------------------------------------------------------------------
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _is_main() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def save_sharded_train_state(path: str | Path, state: TrainState, shards: Mapping[str, Any]) -> Path:
+    """Write a sharded checkpoint folder at `path`; every rank calls this (it is a collective).
+
+    `shards` is a nested dict of tensors (DTensors for sharded ones; plain tensors are taken as the
+    same on every rank and written once); `state` is what rank 0 writes beside them, as in
+    `save_train_state` but without weights (other ranks' `state` is ignored).
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if _is_main():
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while writing
+        (tmp / SHARDS_DIR).mkdir(parents=True)
+    _barrier()
+    dcp.save(dict(shards), storage_writer=HuggingFaceStorageWriter(str(tmp / SHARDS_DIR), save_distributed=True))
+    _barrier()  # every rank's shard file is complete
+    if _is_main():
+        files = {f.name: f.stat().st_size for f in sorted((tmp / SHARDS_DIR).iterdir())}
+        state.extra = {**state.extra, "shard_files": files}
+        save_train_state(tmp / SHARDED_STATE_FILE, state)
+        if path.exists():  # rewriting a step (never in a normal run): move the old folder aside first
+            old = path.with_name(path.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    _barrier()
+    return path
+
+
+def _check_shard_files(path: Path, state: TrainState) -> None:
+    expected = state.extra.get("shard_files")
+    if not isinstance(expected, dict) or not expected:
+        raise CheckpointError(f"{path}: no shard list in {SHARDED_STATE_FILE}")
+    for name, size in expected.items():
+        f = path / SHARDS_DIR / name
+        if not f.is_file():
+            raise CheckpointError(f"{path}: shard file {name} is missing")
+        if f.stat().st_size != size:
+            raise CheckpointError(f"{path}: shard file {name} has {f.stat().st_size} bytes, {size} were written")
+
+
+def load_sharded_train_state(path: str | Path) -> TrainState:
+    """Rank 0's state file of a sharded checkpoint folder (no weights), after checking its shard files."""
+    path = Path(path)
+    if not (path / SHARDED_STATE_FILE).is_file():
+        raise CheckpointError(f"{path}: not a sharded training checkpoint (no {SHARDED_STATE_FILE})")
+    state = load_train_state(path / SHARDED_STATE_FILE)
+    _check_shard_files(path, state)
+    return state
+
+
+def load_sharded_tensors(path: str | Path, into: Mapping[str, Any]) -> None:
+    """Fill the nested dict of (D)tensors `into` from a sharded checkpoint folder, in place.
+
+    Every rank calls it with its own shards' tensors; the number of ranks may differ from the run
+    that wrote the folder. A name in `into` that the checkpoint lacks raises `CheckpointError`.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    path = Path(path)
+    try:
+        dcp.load(dict(into), storage_reader=HuggingFaceStorageReader(str(path / SHARDS_DIR)))
+    except (RuntimeError, ValueError, KeyError) as err:  # DCP wraps per-rank failures in a CheckpointException (a RuntimeError)
+        raise CheckpointError(f"{path}: the sharded checkpoint does not match this run's modules or optimisers: {err}") from err
+
+
+def read_sharded_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a sharded checkpoint folder, whole, on the CPU of this one process.
+
+    Names are the flattened ones (`module.<module>.<parameter>`, `ema.<module>.<parameter>`,
+    `optim.<update>.<parameter>.<exp_avg|exp_avg_sq|step>`). For inspection, conversion and tests:
+    it holds the whole model in memory.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    path = Path(path)
+    load_sharded_train_state(path)  # checks the shard files
+    reader = HuggingFaceStorageReader(str(path / SHARDS_DIR))
+    metadata = reader.read_metadata()
+    tensors = {name: torch.empty(tuple(m.size), dtype=m.properties.dtype) for name, m in metadata.state_dict_metadata.items()}
+    with warnings.catch_warnings():  # DCP warns that it loads without a process group, which is the intent here
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path / SHARDS_DIR)), no_dist=True)
+    return tensors

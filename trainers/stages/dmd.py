@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from trainers import distributed
 from trainers.objectives import Conditioning, critic_loss, dmd_generator_loss, self_rollout
 from trainers.stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
 from trainers.stages import worlds
@@ -87,7 +88,10 @@ class DmdStage(Stage):
 
     def _rollout(self, batch, grad: bool) -> tuple[torch.Tensor, Conditioning]:
         x0, gen_cond = worlds.clip_batch(batch, self.gen_text, self.ctx.device)
-        exit_index = int(torch.randint(0, len(self.sigmas), (1,)))
+        # One exit step for all ranks, rank 0's (Self Forcing broadcasts it too): every rank then runs
+        # the same number of generator passes, which FSDP's per-block all-gathers require. Every rank
+        # still draws, so each rank's RNG stream does not depend on its rank.
+        exit_index = distributed.broadcast_int(int(torch.randint(0, len(self.sigmas), (1,))))
         with torch.set_grad_enabled(grad):
             x = self_rollout(self.generator, torch.randn_like(x0), gen_cond, self.sigmas, exit_index)
         real_cond = Conditioning(self.real_text.encode(list(batch["prompt"])), gen_cond.actions)
