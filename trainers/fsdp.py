@@ -95,11 +95,13 @@ def _register_entry_points(module: nn.Module, names: tuple[str, ...]) -> None:
         setattr(module, name, entry)
 
 
-# FSDP warns when a unit returns a view, since an in-place op on it would skip the backward
-# all-gather. The DiT's blocks return their K/V and `text_kv` its text K/V as views (`unflatten`); no
-# caller changes them in place (the KV cache copies them into its own storage), so the warning is noise.
-warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \((FSDPBlock|FSDPCrossAttention|FSDPCheckpointWrapper)\) "
-                        r"returned a view tensor")
+def _silence_view_warnings() -> None:
+    """FSDP warns when a unit returns a view, since an in-place op on it would skip the backward
+    all-gather. The DiT's blocks return their K/V and `text_kv` its text K/V as views (`unflatten`);
+    no caller changes them in place (the KV cache copies them into its own storage), so the warning
+    is noise. (Set when sharding, not at import: a caller's `catch_warnings` would drop it.)"""
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \((FSDPBlock|FSDPCrossAttention|FSDPCheckpointWrapper)\) "
+                            r"returned a view tensor")
 
 
 def _fully_shard(module: nn.Module, mesh, policy: MixedPrecisionPolicy) -> None:
@@ -160,6 +162,7 @@ class ShardedModules:
         self.policy = mixed_precision(compute_dtype)
         self.activation_checkpointing = activation_checkpointing
         self.is_main = dist.get_rank() == 0
+        _silence_view_warnings()
         self.templates: dict[str, _Template] = {}
         self.modules = nn.ModuleDict()  # containers: state-dict names are <module>.<parameter>
         self.ema = nn.ModuleDict()
