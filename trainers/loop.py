@@ -491,7 +491,8 @@ class _Trainer:
                 if loop.eval_every and self.step % loop.eval_every == 0 and self.step < loop.max_steps:
                     self._evaluate(logger)
                 if loop.sample_every and self.step % loop.sample_every == 0 and self.step < loop.max_steps:
-                    self._hook(lambda w: self.stage.sample(self.step, w, self._sample_dir()), needed=_overrides(self.stage, "sample"))
+                    self._hook(lambda w: self.stage.sample(self.step, w, self._sample_dir()),
+                               needed=_overrides(self.stage, "sample"))
                 out_of_time = False
                 if loop.time_limit_minutes > 0:
                     out_of_time = distributed.broadcast_object(time.time() - process_start > 60 * loop.time_limit_minutes)
