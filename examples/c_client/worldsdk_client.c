@@ -3,12 +3,17 @@
  * Connects, checks the protocol version, resets a session with a prompt, steps it with actions (the
  * world's key names in turn, or discrete actions 0, 1, ...) and writes every frame to a PPM file.
  *
- *     worldsdk_client [-p PROMPT] [-s SEED] [-n STEPS] [-o DIR] [-t TIMEOUT_MS] ENDPOINT
+ *     worldsdk_client [-p PROMPT] [-s SEED] [-n STEPS] [-o DIR] [-t TIMEOUT_MS] [-c raw|shm] [-i FIRST_ID] ENDPOINT
  *     worldsdk_client -p "pong, neon style" -s 7 -n 10 -o frames tcp://127.0.0.1:5555
  *
- * Exit status: 0 on success, 1 on a protocol or server error, 2 on bad usage.
+ * -c shm reads the frames from the server's shared-memory ring (a server on this machine, protocol 1.2)
+ * instead of the socket. -i sets the first request id (default 1; ids then count up).
+ *
+ * Exit status: 0 on success, 1 on a protocol or server error (the server's code and message are printed,
+ * also for an error with a nil id: it answers our one request in flight) or a failed handshake, 2 on bad usage.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -16,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -24,14 +30,19 @@
 #include <zmq.h>
 
 #define PROTOCOL_MAJOR 1
-#define PROTOCOL_MINOR 0
+#define PROTOCOL_MINOR 2 /* 1.2 fields are sent only with -c shm, so a 1.0 or 1.1 server serves the rest */
 #define MAX_PARTS 64
 #define MAX_KEYS 64
+#define SLOT_HEADER_BYTES 64 /* a ring slot: u64 seq (little-endian), zero padding, then the frames */
 
 typedef struct {
     void *socket;
+    void *monitor; /* handshake events of the socket: a wrong CURVE setup fails at once instead of timing out */
     uint64_t next_id;
     int timeout_ms;
+    char ring_name[256]; /* the shared-memory ring mapped for codec shm ("" when none) */
+    const unsigned char *ring;
+    size_t ring_size;
 } client_t;
 
 /* One received reply: the header message, its decoded map (which points into it) and the payload parts. */
@@ -94,15 +105,42 @@ static void reply_free(reply_t *r) {
     r->open = 0;
 }
 
-/* Send the packed header (and no payload), then wait for the reply with the same id. */
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A handshake failure from the socket monitor ends the client: ZeroMQ would retry it forever. */
+static void check_handshake(client_t *c) {
+    zmq_msg_t event, address;
+    zmq_msg_init(&event);
+    if (zmq_msg_recv(&event, c->monitor, ZMQ_DONTWAIT) < 0) return;
+    uint16_t code;
+    memcpy(&code, zmq_msg_data(&event), sizeof code); /* frame 1: u16 event, u32 value (native order) */
+    zmq_msg_close(&event);
+    zmq_msg_init(&address);
+    zmq_msg_recv(&address, c->monitor, 0); /* frame 2: the endpoint */
+    zmq_msg_close(&address);
+    if (code == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) fail("handshake failed: the server refused this client's CURVE key");
+    if (code == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL || code == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        fail("handshake failed: the server needs CURVE (this client speaks plain ZeroMQ) or speaks another protocol");
+}
+
+/* Send the packed header (and no payload), then wait for the reply with the same id. An error reply with a
+ * nil id is the server saying it could not read our request's id: we have one request in flight, so it is ours. */
 static void request(client_t *c, msgpack_sbuffer *header, uint64_t id, reply_t *r) {
     if (zmq_send(c->socket, header->data, header->size, 0) < 0) fail("send: %s", zmq_strerror(errno));
+    int64_t deadline = now_ms() + c->timeout_ms;
     for (;;) {
+        zmq_pollitem_t items[2] = {{c->socket, 0, ZMQ_POLLIN, 0}, {c->monitor, 0, ZMQ_POLLIN, 0}};
+        int64_t left = deadline - now_ms();
+        if (left <= 0) fail("no reply within %d ms: is the server running?", c->timeout_ms);
+        if (zmq_poll(items, 2, (long)left) < 0) fail("poll: %s", zmq_strerror(errno));
+        if (items[1].revents & ZMQ_POLLIN) check_handshake(c);
+        if (!(items[0].revents & ZMQ_POLLIN)) continue;
         zmq_msg_init(&r->head);
-        if (zmq_msg_recv(&r->head, c->socket, 0) < 0) {
-            if (errno == EAGAIN) fail("no reply within %d ms: is the server running?", c->timeout_ms);
-            fail("recv: %s", zmq_strerror(errno));
-        }
+        if (zmq_msg_recv(&r->head, c->socket, 0) < 0) fail("recv: %s", zmq_strerror(errno));
         msgpack_unpacked_init(&r->header);
         r->open = 1;
         r->num_parts = 0;
@@ -122,11 +160,13 @@ static void request(client_t *c, msgpack_sbuffer *header, uint64_t id, reply_t *
             fail("reply header is not a msgpack map");
         const msgpack_object *h = &r->header.data;
         const msgpack_object *rid = map_get(h, "id");
-        if (rid == NULL || rid->type != MSGPACK_OBJECT_POSITIVE_INTEGER || rid->via.u64 != id) {
+        int is_error = str_equals(map_get(h, "type"), "error");
+        int nil_id = rid == NULL || rid->type == MSGPACK_OBJECT_NIL;
+        if (!(is_error && nil_id) && (rid == NULL || rid->type != MSGPACK_OBJECT_POSITIVE_INTEGER || rid->via.u64 != id)) {
             reply_free(r); /* a late reply to an earlier request */
             continue;
         }
-        if (str_equals(map_get(h, "type"), "error")) {
+        if (is_error) {
             const msgpack_object *code = map_get(h, "code"), *message = map_get(h, "message");
             int code_ok = code && code->type == MSGPACK_OBJECT_STR, message_ok = message && message->type == MSGPACK_OBJECT_STR;
             fail("server error [%.*s]: %.*s", code_ok ? (int)code->via.str.size : 0, code_ok ? code->via.str.ptr : "",
@@ -147,22 +187,65 @@ static void begin(msgpack_sbuffer *sbuf, msgpack_packer *pk, const char *type, u
 
 /* -- frames ----------------------------------------------------------------------------------- */
 
-static int write_frames(const reply_t *r, const char *dir, int first_index, char *session, size_t session_len) {
+static uint64_t read_u64le(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+/* Map (read-only) the ring a shm reply names; a reset may move the session to a new ring. */
+static void map_ring(client_t *c, const msgpack_object *name) {
+    if (name == NULL || name->type != MSGPACK_OBJECT_STR || name->via.str.size == 0 || name->via.str.size >= sizeof c->ring_name - 1)
+        fail("shm frames name no ring");
+    if (c->ring != NULL && strlen(c->ring_name) == name->via.str.size && memcmp(c->ring_name, name->via.str.ptr, name->via.str.size) == 0)
+        return;
+    if (c->ring != NULL) munmap((void *)c->ring, c->ring_size);
+    c->ring_name[0] = '/'; /* POSIX names start with a slash; the server sends the bare name */
+    memcpy(c->ring_name + 1, name->via.str.ptr, name->via.str.size);
+    c->ring_name[name->via.str.size + 1] = '\0';
+    if (memchr(c->ring_name + 1, '/', name->via.str.size)) fail("ring name %s has a slash", c->ring_name);
+    int fd = shm_open(c->ring_name, O_RDONLY, 0);
+    if (fd < 0) fail("cannot open the server's frame ring %s: %s (shm needs a server on this machine, same user)", c->ring_name, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) fail("fstat %s: %s", c->ring_name, strerror(errno));
+    c->ring_size = (size_t)st.st_size;
+    c->ring = mmap(NULL, c->ring_size, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (c->ring == MAP_FAILED) fail("mmap %s: %s", c->ring_name, strerror(errno));
+    memmove(c->ring_name, c->ring_name + 1, strlen(c->ring_name)); /* keep the bare name for the comparison above */
+}
+
+static int write_frames(client_t *c, const reply_t *r, const char *dir, int first_index, char *session, size_t session_len) {
     const msgpack_object *h = &r->header.data;
     const msgpack_object *sid = map_get(h, "session");
     if (sid == NULL || sid->type != MSGPACK_OBJECT_STR || sid->via.str.size >= session_len) fail("reply has no session id");
     memcpy(session, sid->via.str.ptr, sid->via.str.size);
     session[sid->via.str.size] = '\0';
     const msgpack_object *meta = map_get(h, "frames");
-    if (!str_equals(map_get(meta, "codec"), "raw") || !str_equals(map_get(meta, "dtype"), "uint8")) fail("expected raw uint8 frames");
+    int shm = str_equals(map_get(meta, "codec"), "shm");
+    if (!(shm || str_equals(map_get(meta, "codec"), "raw")) || !str_equals(map_get(meta, "dtype"), "uint8"))
+        fail("expected raw or shm uint8 frames");
     const msgpack_object *shape = map_get(meta, "shape");
     if (shape == NULL || shape->type != MSGPACK_OBJECT_ARRAY || shape->via.array.size != 4) fail("frames need a 4-d shape");
     int64_t t = as_int(&shape->via.array.ptr[0], "shape[0]"), height = as_int(&shape->via.array.ptr[1], "shape[1]");
     int64_t width = as_int(&shape->via.array.ptr[2], "shape[2]"), channels = as_int(&shape->via.array.ptr[3], "shape[3]");
-    if (channels != 3 || r->num_parts != 1) fail("expected one part of RGB frames");
+    if (channels != 3 || r->num_parts != (shm ? 0 : 1)) fail("expected RGB frames, in one part (raw) or none (shm)");
     size_t frame_bytes = (size_t)(height * width * 3);
-    if (zmq_msg_size((zmq_msg_t *)&r->parts[0]) != (size_t)t * frame_bytes) fail("frame payload has the wrong size");
-    const unsigned char *data = zmq_msg_data((zmq_msg_t *)&r->parts[0]);
+    const unsigned char *data;
+    const unsigned char *slot = NULL;
+    uint64_t seq = 0;
+    if (shm) {
+        map_ring(c, map_get(meta, "ring"));
+        int64_t offset = as_int(map_get(meta, "offset"), "frames.offset");
+        seq = (uint64_t)as_int(map_get(meta, "seq"), "frames.seq");
+        if (offset < SLOT_HEADER_BYTES || (size_t)offset + (size_t)t * frame_bytes > c->ring_size) fail("shm frames lie outside the ring");
+        slot = c->ring + offset - SLOT_HEADER_BYTES;
+        if (read_u64le(slot) != seq) fail("ring chunk %" PRIu64 " was overwritten before it was read", seq);
+        data = c->ring + offset;
+    } else {
+        if (zmq_msg_size((zmq_msg_t *)&r->parts[0]) != (size_t)t * frame_bytes) fail("frame payload has the wrong size");
+        data = zmq_msg_data((zmq_msg_t *)&r->parts[0]);
+    }
     for (int64_t i = 0; i < t; i++) {
         char path[4096];
         snprintf(path, sizeof path, "%s/frame_%05d.ppm", dir, first_index + (int)i);
@@ -172,36 +255,40 @@ static int write_frames(const reply_t *r, const char *dir, int first_index, char
         fwrite(data + i * frame_bytes, 1, frame_bytes, f);
         fclose(f);
     }
+    /* the server rewrites a slot only `ring_slots` chunks later; seq unchanged means we wrote what it sent */
+    if (shm && read_u64le(slot) != seq) fail("ring chunk %" PRIu64 " was overwritten while it was read", seq);
     return (int)t;
 }
 
 /* -- main ------------------------------------------------------------------------------------- */
 
 int main(int argc, char **argv) {
-    const char *prompt = NULL, *out_dir = "frames";
+    const char *prompt = NULL, *out_dir = "frames", *codec = "raw";
+    const char *usage = "usage: %s [-p PROMPT] [-s SEED] [-n STEPS] [-o DIR] [-t TIMEOUT_MS] [-c raw|shm] [-i FIRST_ID] ENDPOINT\n";
     long long seed = -1;
+    uint64_t first_id = 1;
     int steps = 8, timeout_ms = 30000, opt;
-    while ((opt = getopt(argc, argv, "p:s:n:o:t:h")) != -1) {
+    while ((opt = getopt(argc, argv, "p:s:n:o:t:c:i:h")) != -1) {
         switch (opt) {
             case 'p': prompt = optarg; break;
             case 's': seed = atoll(optarg); break;
             case 'n': steps = atoi(optarg); break;
             case 'o': out_dir = optarg; break;
             case 't': timeout_ms = atoi(optarg); break;
-            default:
-                fprintf(stderr, "usage: %s [-p PROMPT] [-s SEED] [-n STEPS] [-o DIR] [-t TIMEOUT_MS] ENDPOINT\n", argv[0]);
-                return 2;
+            case 'c': codec = optarg; break;
+            case 'i': first_id = strtoull(optarg, NULL, 10); break;
+            default: fprintf(stderr, usage, argv[0]); return 2;
         }
     }
-    if (optind != argc - 1) {
-        fprintf(stderr, "usage: %s [-p PROMPT] [-s SEED] [-n STEPS] [-o DIR] [-t TIMEOUT_MS] ENDPOINT\n", argv[0]);
+    if (optind != argc - 1 || (strcmp(codec, "raw") != 0 && strcmp(codec, "shm") != 0)) {
+        fprintf(stderr, usage, argv[0]);
         return 2;
     }
     const char *endpoint = argv[optind];
     mkdir(out_dir, 0755);
 
     void *context = zmq_ctx_new();
-    client_t c = {zmq_socket(context, ZMQ_DEALER), 1, timeout_ms};
+    client_t c = {.socket = zmq_socket(context, ZMQ_DEALER), .next_id = first_id, .timeout_ms = timeout_ms};
     int linger = 0;
     char routing_id[16];
     srand((unsigned)time(NULL) ^ (unsigned)getpid());
@@ -209,8 +296,15 @@ int main(int argc, char **argv) {
     for (int i = 1; i < 16; i++) routing_id[i] = (char)(1 + rand() % 255);
     zmq_setsockopt(c.socket, ZMQ_ROUTING_ID, routing_id, sizeof routing_id);
     zmq_setsockopt(c.socket, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(c.socket, ZMQ_RCVTIMEO, &timeout_ms, sizeof timeout_ms);
     zmq_setsockopt(c.socket, ZMQ_SNDTIMEO, &timeout_ms, sizeof timeout_ms);
+    char monitor_address[64];
+    snprintf(monitor_address, sizeof monitor_address, "inproc://worldsdk-monitor-%d", (int)getpid());
+    if (zmq_socket_monitor(c.socket, monitor_address,
+                           ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0)
+        fail("monitor: %s", zmq_strerror(errno));
+    c.monitor = zmq_socket(context, ZMQ_PAIR);
+    zmq_setsockopt(c.monitor, ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_connect(c.monitor, monitor_address) != 0) fail("monitor connect: %s", zmq_strerror(errno));
     if (zmq_connect(c.socket, endpoint) != 0) fail("connect %s: %s", endpoint, zmq_strerror(errno));
 
     msgpack_sbuffer sbuf;
@@ -233,6 +327,13 @@ int main(int argc, char **argv) {
     const msgpack_object *name = map_get(world, "name");
     const msgpack_object *action = map_get(world, "action");
     const msgpack_object *key_map = map_get(world, "key_map");
+    if (strcmp(codec, "shm") == 0) { /* offered only by a 1.2 server on a loopback or ipc endpoint */
+        const msgpack_object *codecs = map_get(&r.header.data, "codecs");
+        int offered = 0;
+        for (uint32_t i = 0; codecs != NULL && codecs->type == MSGPACK_OBJECT_ARRAY && i < codecs->via.array.size; i++)
+            offered |= str_equals(&codecs->via.array.ptr[i], "shm");
+        if (!offered) fail("the server offers no shared-memory frames (it must be a 1.2 server on this machine): use -c raw");
+    }
     char keys[MAX_KEYS][64];
     int num_keys = 0;
     if (key_map != NULL && key_map->type == MSGPACK_OBJECT_MAP) {
@@ -254,13 +355,18 @@ int main(int argc, char **argv) {
     /* reset with a prompt and a seed */
     char session[64] = "";
     id = c.next_id++;
-    begin(&sbuf, &pk, "reset", id, 2);
+    int shm = strcmp(codec, "shm") == 0;
+    begin(&sbuf, &pk, "reset", id, shm ? 3 : 2);
+    if (shm) {
+        pack_string(&pk, "codec");
+        pack_string(&pk, "shm");
+    }
     pack_string(&pk, "prompt");
     if (prompt) pack_string(&pk, prompt); else msgpack_pack_nil(&pk);
     pack_string(&pk, "seed");
     if (seed >= 0) msgpack_pack_uint64(&pk, (uint64_t)seed); else msgpack_pack_nil(&pk);
     request(&c, &sbuf, id, &r);
-    int written = write_frames(&r, out_dir, 0, session, sizeof session);
+    int written = write_frames(&c, &r, out_dir, 0, session, sizeof session);
     reply_free(&r);
     printf("reset: session %s\n", session);
 
@@ -273,7 +379,7 @@ int main(int argc, char **argv) {
         pack_string(&pk, "action");
         if (num_keys > 0) pack_string(&pk, keys[i % num_keys]); else msgpack_pack_int64(&pk, i % discrete_n);
         request(&c, &sbuf, id, &r);
-        written += write_frames(&r, out_dir, written, session, sizeof session);
+        written += write_frames(&c, &r, out_dir, written, session, sizeof session);
         reply_free(&r);
     }
 
@@ -287,6 +393,9 @@ int main(int argc, char **argv) {
     printf("wrote %d frames to %s\n", written, out_dir);
 
     msgpack_sbuffer_destroy(&sbuf);
+    if (c.ring != NULL) munmap((void *)c.ring, c.ring_size);
+    zmq_socket_monitor(c.socket, NULL, 0);
+    zmq_close(c.monitor);
     zmq_close(c.socket);
     zmq_ctx_term(context);
     return 0;
