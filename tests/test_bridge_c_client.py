@@ -58,3 +58,50 @@ def test_c_client_plays_a_live_server(tmp_path):
         np.testing.assert_array_equal(got, want)
     finally:
         torch.set_num_threads(threads)
+
+
+def run_client(*args: str, timeout: int = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([str(C_CLIENT / "build" / "worldsdk_client"), *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def built():
+    build = subprocess.run(["make", "-C", str(C_CLIENT)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+
+
+def test_c_client_reads_shared_memory_frames_equal_to_the_socket_ones(tmp_path, built):
+    """docs/protocol.md, "Shared-memory frames": the same frames as raw, none through the socket."""
+    from tests.conftest import perturb_
+
+    world = World.from_preset("tiny", seed=0)
+    perturb_(world.model)  # frames that depend on the actions, so a wrong chunk cannot pass
+    with Server(world, "tcp://127.0.0.1:*").start() as server:
+        for codec in ("raw", "shm"):
+            run = run_client("-p", "pong", "-s", "3", "-n", "12", "-c", codec, "-o", str(tmp_path / codec), "-t", "20000", server.address)
+            assert run.returncode == 0, run.stderr
+        assert not server.sessions and not list(Path("/dev/shm").glob("worldsdk-*"))  # closing freed the ring
+    raw = np.stack([read_ppm(p) for p in sorted((tmp_path / "raw").glob("*.ppm"))])
+    shm = np.stack([read_ppm(p) for p in sorted((tmp_path / "shm").glob("*.ppm"))])
+    assert len(raw) == 26 and len({frame.tobytes() for frame in raw}) > 2
+    np.testing.assert_array_equal(shm, raw)
+
+
+def test_c_client_reports_a_nil_id_error_as_the_servers_error(built):
+    from worldsdk.bridge.testing import NoiseWorld
+
+    with Server(NoiseWorld(16, 16, 2), "tcp://127.0.0.1:*").start() as server:
+        run = run_client("-n", "0", "-t", "20000", "-i", str(2**63), server.address)  # an id the server cannot read
+    assert run.returncode == 1 and "server error [bad_field]" in run.stderr and "'id'" in run.stderr, run.stderr
+    assert "no reply" not in run.stderr
+
+
+def test_c_client_stops_at_a_failed_handshake(tmp_path, built):
+    from worldsdk.bridge.cli import generate_keys
+    from worldsdk.bridge.testing import NoiseWorld
+
+    keys = generate_keys(tmp_path / "keys")
+    with Server(NoiseWorld(16, 16, 2), "tcp://127.0.0.1:*", curve_secret_key=keys["server_secret"],
+                curve_clients_dir=keys["clients_dir"]).start() as server:
+        run = run_client("-n", "0", "-t", "20000", server.address, timeout=10)  # a plaintext client of a CURVE server
+    assert run.returncode == 1 and "handshake failed" in run.stderr, run.stderr

@@ -36,10 +36,13 @@ from .shm import RingReader
 
 log = logging.getLogger(__name__)
 
+# A stranger's key is refused with _AUTH; a wrong server key gives _NO_DETAIL; a plaintext client of a CURVE
+# server gives _PROTOCOL or _NO_DETAIL (which comes first depends on timing), so the last two share a message.
+_NOT_CURVE = "the ZeroMQ handshake failed: wrong server key, or CURVE on one side only"
 _HANDSHAKE_FAILURES = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the server refused this client's CURVE key",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the ZeroMQ handshake failed (CURVE on one side only, or another protocol)",
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the ZeroMQ handshake failed (wrong server key?)",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: _NOT_CURVE,
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: _NOT_CURVE,
 }
 
 

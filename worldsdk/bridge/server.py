@@ -600,6 +600,7 @@ class Server:
             return
         for i, (request, session) in enumerate(resets):
             codec = request.header.get("codec", session.codec if session is not None else "raw")
+            batching = self._batching(request, session)  # before a new session exists (it would answer its default)
             try:
                 ring = self._ring(session, codec)
             except OSError as e:
@@ -614,7 +615,7 @@ class Server:
                     peer.sessions.add(session.id)
                 log.info("opened session %s for client %s (%d open)", session.id, request.envelope[0].hex(), len(self.sessions))
             session.state, session.chunks, session.last_played = states[i], 0, time.monotonic()
-            session.batching = self._batching(request, session)
+            session.batching = batching
             session.codec, session.ring = codec, ring
             session.quality = request.header.get("quality", session.quality)
             fields = {"start": request.start, "prompt": prompts[i], "batching": session.batching, "codec": session.codec,
