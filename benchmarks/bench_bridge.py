@@ -4,13 +4,15 @@
     python benchmarks/bench_bridge.py --quick         # fewer repetitions
     python benchmarks/bench_bridge.py --json out.json
 
-1. Round-trip overhead over loopback TCP versus the same step in-process, for 64x64 chunks (the
-   small worlds' chunk, 2 frames) and 832x480 x 12-frame chunks (the wan-1.3b chunk), with random
-   frames (`NoiseWorld`, whose step costs only the frame copy, so the difference is the bridge).
-   The overhead is also given as a share of a real step: the `small` world's step measured here,
-   and, for 832x480, the paper's 0.69 s chunk latency on one H100 (Causal Forcing, DESIGN.md).
+1. Round trip of one step, for 64x64 chunks (the small worlds' chunk, 2 frames) and 832x480 x
+   12-frame chunks (the wan-1.3b chunk), in one run: in-process, over loopback TCP, over ipc, and
+   with shared-memory frames (codec shm: headers over loopback TCP, frames in a ring), each also as
+   a ratio to the in-process step. The world is `NoiseWorld` (random frames, whose step costs only
+   the frame copy, so the difference is the bridge). The overhead is also given as a share of a real
+   step: the `small` world's step measured here, and, for 832x480, the paper's 0.69 s chunk latency
+   on one H100 (Causal Forcing, DESIGN.md).
 2. Aggregate frames/s of the `tiny` and `small` worlds served to 1, 4 and 16 clients, with
-   batching (max batch 16) and without (max batch 1).
+   batching (max batch 16), without (max batch 1), and in exact batching mode (a forward per session).
 
 The server runs in its own process (as `worldsdk serve` would); clients are threads here.
 """
@@ -31,7 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 PAPER_CHUNK_SECONDS = 0.69  # Causal Forcing, one H100, chunk-wise latency (DESIGN.md)
 
 
-def _serve(kind: str, args: dict, max_batch: int, threads: int, bind: str, queue) -> None:
+def _serve(kind: str, args: dict, max_batch: int, threads: int, bind: str, queue, batching: str = "shared") -> None:
     import torch
 
     torch.set_num_threads(threads)
@@ -45,16 +47,17 @@ def _serve(kind: str, args: dict, max_batch: int, threads: int, bind: str, queue
         from worldsdk import World
 
         world = World.from_preset(kind, seed=0)
-    server = Server(world, bind, max_batch=max_batch, max_sessions=64)
+    server = Server(world, bind, max_batch=max_batch, max_sessions=64, max_sessions_per_client=64, batching=batching)
     queue.put(server.address)
     server.serve_forever()
 
 
 class ServerProcess:
-    def __init__(self, kind: str, args: dict | None = None, max_batch: int = 32, threads: int = 1, bind: str = "tcp://127.0.0.1:*"):
+    def __init__(self, kind: str, args: dict | None = None, max_batch: int = 32, threads: int = 1, bind: str = "tcp://127.0.0.1:*",
+                 batching: str = "shared"):
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
-        self.process = ctx.Process(target=_serve, args=(kind, args or {}, max_batch, threads, bind, queue), daemon=True)
+        self.process = ctx.Process(target=_serve, args=(kind, args or {}, max_batch, threads, bind, queue, batching), daemon=True)
         self.process.start()
         deadline = time.monotonic() + 300
         while True:
@@ -84,28 +87,29 @@ def _median_ms(fn, repeats: int, warmup: int = 3) -> float:
     return 1000 * statistics.median(times)
 
 
-def round_trip(height: int, width: int, chunk: int, repeats: int, real_step_ms: float | None, bind: str = "tcp://127.0.0.1:*") -> dict:
+def round_trip(height: int, width: int, chunk: int, repeats: int, real_step_ms: float | None) -> dict:
+    """One step's round trip in-process, over TCP, over ipc and with shared-memory frames, in one run."""
     from worldsdk.bridge import Client
     from worldsdk.bridge.testing import NoiseWorld
 
     args = {"height": height, "width": width, "chunk_frames": chunk}
     world = NoiseWorld(**args)
     world.reset(seed=0)
-    in_process = _median_ms(lambda: world.step(1), repeats)
-    with ServerProcess("noise", args, bind=bind) as server, Client(server.address, timeout_ms=60_000) as client:
-        client.reset(seed=0)
-        remote = _median_ms(lambda: client.step(1), repeats)
-        ping = _median_ms(client.ping, repeats)
-    overhead = remote - in_process
-    row = {
-        "chunk": f"{width}x{height}x{chunk}", "transport": bind.split("://")[0], "bytes": height * width * chunk * 3,
-        "in_process_ms": round(in_process, 3),
-        "loopback_ms": round(remote, 3), "overhead_ms": round(overhead, 3), "ping_ms": round(ping, 3),
-        "throughput_GBps": round(height * width * chunk * 3 / (remote / 1000) / 1e9, 2),
-    }
+    times = {"in_process": _median_ms(lambda: world.step(1), repeats)}
+    ipc = f"ipc:///tmp/worldsdk-bench-{os.getpid()}"
+    for transport, bind, codec in (("tcp", "tcp://127.0.0.1:*", "raw"), ("ipc", ipc, "raw"), ("shm", "tcp://127.0.0.1:*", "shm")):
+        with ServerProcess("noise", args, bind=bind) as server, Client(server.address, timeout_ms=60_000, codec=codec) as client:
+            client.reset(seed=0)
+            times[transport] = _median_ms(lambda: client.step(1), repeats)
+            if transport == "tcp":
+                times["ping"] = _median_ms(client.ping, repeats)
+    row = {"chunk": f"{width}x{height}x{chunk}", "bytes": height * width * chunk * 3,
+           **{f"{name}_ms": round(ms, 3) for name, ms in times.items()},
+           **{f"{name}_ratio": round(times[name] / times["in_process"], 2) for name in ("tcp", "ipc", "shm")}}
     if real_step_ms:
         row["real_step_ms"] = round(real_step_ms, 1)
-        row["overhead_pct_of_step"] = round(100 * overhead / real_step_ms, 2)
+        for name in ("tcp", "shm"):
+            row[f"{name}_overhead_pct_of_real_step"] = round(100 * (times[name] - times["in_process"]) / real_step_ms, 2)
     return row
 
 
@@ -120,10 +124,10 @@ def world_step_ms(preset: str, repeats: int) -> float:
     return _median_ms(lambda: world.step(1), repeats)
 
 
-def aggregate(preset: str, clients: int, steps: int, max_batch: int) -> dict:
+def aggregate(preset: str, clients: int, steps: int, max_batch: int, batching: str = "shared") -> dict:
     from worldsdk.bridge import Client
 
-    with ServerProcess(preset, max_batch=max_batch) as server:
+    with ServerProcess(preset, max_batch=max_batch, batching=batching) as server:
         sessions = [Client(server.address, timeout_ms=120_000) for _ in range(clients)]
         for i, client in enumerate(sessions):
             client.reset(seed=i)
@@ -147,7 +151,7 @@ def aggregate(preset: str, clients: int, steps: int, max_batch: int) -> dict:
         for client in sessions:
             client.close()
     frames = clients * steps * frames_per_step
-    return {"world": preset, "clients": clients, "max_batch": max_batch, "steps_per_client": steps,
+    return {"world": preset, "clients": clients, "max_batch": max_batch, "batching": batching, "steps_per_client": steps,
             "frames_per_s": round(frames / seconds, 1),
             "chunks_per_s": round(clients * steps / seconds, 2)}
 
@@ -156,7 +160,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
-    parser.add_argument("--worlds", default="tiny,small", help="presets served to 1, 4 and 16 clients (comma-separated)")
+    parser.add_argument("--worlds", default="tiny,small", help="presets served to 1, 4 and 16 clients (comma-separated; '' for none)")
     args = parser.parse_args()
     repeats = 50 if args.quick else 300
 
@@ -166,16 +170,15 @@ def main() -> int:
     results["round_trip"] = [
         round_trip(64, 64, 2, repeats, small_ms),
         round_trip(480, 832, 12, big, PAPER_CHUNK_SECONDS * 1000),
-        round_trip(480, 832, 12, big, PAPER_CHUNK_SECONDS * 1000, bind=f"ipc:///tmp/worldsdk-bench-{os.getpid()}"),
     ]
     for row in results["round_trip"]:
         print(json.dumps(row), flush=True)
     results["aggregate"] = []
-    for preset in args.worlds.split(","):
+    for preset in filter(None, args.worlds.split(",")):
         steps = (8 if args.quick else 20) if preset != "tiny" else (30 if args.quick else 100)
-        for max_batch in (16, 1):
+        for max_batch, batching in ((16, "shared"), (1, "shared"), (16, "exact")):
             for clients in (1, 4, 16):
-                row = aggregate(preset, clients, steps, max_batch)
+                row = aggregate(preset, clients, steps, max_batch, batching)
                 results["aggregate"].append(row)
                 print(json.dumps(row), flush=True)
     if args.json:

@@ -51,7 +51,8 @@ class RemoteWorldEnv(gym.Env):
     ## Arguments
     `address`: the server's endpoint ("tcp://127.0.0.1:5555"). `render_mode`: "rgb_array" (the last
     frame). `timeout_ms`, `retries`: per-request timeout and retries. `prompt`: default prompt
-    (default: a real start's own prompt, else the world's default prompt). `codec`: "raw" or "jpeg".
+    (default: a real start's own prompt, else the world's default prompt). `codec`: "raw", "jpeg", or "shm"
+    (exact frames through shared memory, for a server on this machine; see docs/protocol.md).
     `curve_server_key`, `curve_client_key`: key files for CURVE. `start`: "prompt" or "real" (None:
     "real" when the served world has a bank); "real" without a bank raises ValueError.
 
