@@ -18,7 +18,7 @@ import torch
 
 from trainers import objectives as O
 from worldsdk.config import MODEL_PRESETS
-from worldsdk.diffusion import warped_sigmas
+from worldsdk.diffusion import Schedule
 from worldsdk.model import CausalDiT
 
 
@@ -49,7 +49,8 @@ def main() -> None:
     student, teacher, critic = CausalDiT(cfg), CausalDiT(cfg).eval(), CausalDiT(cfg)
     target = copy.deepcopy(student).eval()
     opt = torch.optim.AdamW(list(student.parameters()) + list(critic.parameters()))
-    sigmas = warped_sigmas([1000, 750, 500, 250])
+    schedule = Schedule()  # the paper's; the step costs do not depend on it
+    sigmas = schedule.student_sigmas()
 
     def step(loss_fn):
         def run():
@@ -59,30 +60,30 @@ def main() -> None:
             opt.step()
         return run
 
-    states, endpoint = O.causal_ode_pairs(teacher, x0[:2], O.Conditioning(cond.text[:2], actions[:2]), 48, 6.0)
+    states, endpoint = O.causal_ode_pairs(teacher, x0[:2], O.Conditioning(cond.text[:2], actions[:2]), schedule, 48, 6.0)
     states = states.repeat(b // 2, 1, 1, 1, 1, 1)
     endpoint = endpoint.repeat(b // 2, 1, 1, 1, 1)
 
     def dmd_generator():
         x = O.self_rollout(student, torch.randn_like(x0), cond, sigmas, int(torch.randint(0, 4, (1,))))
-        return O.dmd_generator_loss(x, teacher, critic, cond, guidance=3.0)
+        return O.dmd_generator_loss(x, teacher, critic, cond, schedule, guidance=3.0)
 
     def dmd_critic():
         with torch.no_grad():
             x = O.self_rollout(student, torch.randn_like(x0), cond, sigmas, int(torch.randint(0, 4, (1,))))
-        return O.critic_loss(critic, x, cond)
+        return O.critic_loss(critic, x, cond, schedule)
 
     results = {
-        "teacher (teacher forcing)": timed(step(lambda: O.teacher_loss(student, x0, cond, "teacher_forcing")), args.repeats),
-        "teacher (diffusion forcing)": timed(step(lambda: O.teacher_loss(student, x0, cond, "diffusion_forcing")), args.repeats),
-        "teacher (bidirectional)": timed(step(lambda: O.teacher_loss(student, x0, cond, "bidirectional")), args.repeats),
+        "teacher (teacher forcing)": timed(step(lambda: O.teacher_loss(student, x0, cond, "teacher_forcing", schedule)), args.repeats),
+        "teacher (diffusion forcing)": timed(step(lambda: O.teacher_loss(student, x0, cond, "diffusion_forcing", schedule)), args.repeats),
+        "teacher (bidirectional)": timed(step(lambda: O.teacher_loss(student, x0, cond, "bidirectional", schedule)), args.repeats),
         "ode (causal regression)": timed(step(lambda: O.ode_regression_loss(student, states, endpoint, x0, cond, sigmas)), args.repeats),
-        "cd": timed(step(lambda: O.consistency_loss(student, target, teacher, x0, cond)), args.repeats),
+        "cd": timed(step(lambda: O.consistency_loss(student, target, teacher, x0, cond, schedule)), args.repeats),
         "dmd generator update": timed(step(dmd_generator), args.repeats),
         "dmd critic update": timed(step(dmd_critic), args.repeats),
     }
     with torch.no_grad():
-        pair_time = timed(lambda: O.causal_ode_pairs(teacher, x0, cond, 48, 6.0), 1)
+        pair_time = timed(lambda: O.causal_ode_pairs(teacher, x0, cond, schedule, 48, 6.0), 1)
     results_out = {
         "preset": args.preset, "batch_size": b, "threads": args.threads,
         "seconds_per_step": results,

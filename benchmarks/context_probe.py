@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from worldsdk import diffusion as D
+
 
 @torch.inference_mode()
 def probe(world, episodes, starts: int, seed: int, sigmas=(1.0, 0.5)) -> dict:
@@ -52,7 +54,7 @@ def probe(world, episodes, starts: int, seed: int, sigmas=(1.0, 0.5)) -> dict:
                 for context in (frames[start - window : start], frames[other - window : other]):
                     _, state = world.init_state(1, [prompt], [0], [context])
                     x = (1 - s) * x0 + s * noise.to(x0.device)
-                    t = torch.full((1, cfg.frames_per_chunk), s * 1000.0, device=world.device)
+                    t = D.sigma_to_t(torch.full((1, cfg.frames_per_chunk), s, device=world.device))
                     v = world.model.denoise_chunk(x, t, features, state.cache).float()
                     preds.append(x - s * v)
                 sums[s]["x0_error"].append(float(((preds[0] - x0) ** 2).mean()))

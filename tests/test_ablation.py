@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ def test_teacher_sampler_matches_the_ode_stage_trajectories():
         features[0, fc:, -1] = 1.0  # presence flag
         cond = Conditioning(world.text_encoder.encode([world.spec.default_prompt]), features)
         torch.manual_seed(seed)
-        _, endpoint = causal_ode_pairs(world.model, x0, cond, steps, guidance, nominal_steps=(1000,))
+        _, endpoint = causal_ode_pairs(world.model, x0, cond, replace(world.spec.schedule, steps=(1000.0,)), steps, guidance)
         expected = world.codec.decode_chunk(endpoint[:, :, fc:]).numpy()[0]
     assert np.abs(frames.astype(int) - expected.astype(int)).max() <= 1
 
@@ -103,14 +104,15 @@ def test_ablation_driver_writes_one_table(ablation_runs, capsys):
     for folder, row in rows.items():
         assert list(row["columns"]) == keys
         finite = {k: v for k, v in row["columns"].items() if v is not None and math.isfinite(v)}
-        assert set(keys) - set(finite) <= {"psnr@64", "follow", "follow/real"}, folder  # horizon 16; few paddle moves
+        # horizon 16; few paddle moves; at 32 px a paddle held against a wall is hidden, so no real separation
+        assert set(keys) - set(finite) <= {"psnr@64", "follow", "follow/real", "keys/real"}, folder
     teacher, cf = rows["teacher-causal"], rows["dmd-causal-forcing"]
     assert teacher["results"]["replays"] == 2 and cf["results"]["replays"] == 4  # 1 vs 2 per episode
     assert teacher["results"]["noise_seeds"] == cf["results"]["noise_seeds"][::2]  # the same draws, a prefix per episode
     assert teacher["columns"]["calls/frame"] == 5.0 and cf["columns"]["calls/frame"] == 2.5  # (4 + 1) x 2 / 2 vs 5 / 2
     assert set(teacher["results"]["drift"]) == {"10"} and set(cf["results"]["drift"]) == {"10", "12"}
     goals = {g["goal"]: g["status"] for g in report["goals"]}
-    assert len(goals) == 5 and set(goals.values()) <= {"pass", "miss", "n/a"}
+    assert len(goals) == 6 and set(goals.values()) <= {"pass", "miss", "n/a"}
     assert goals["the 4-step student keeps >= 90% of the AR teacher's fidelity (PSNR@16 or SSIM@16) with >= 8x fewer model calls"] == "miss"
     table = (out / "ablation.md").read_text()
     assert table.count("\n| ") >= 1 + 3 + 5 and "Causal Forcing (causal ODE + DMD)" in table
@@ -126,25 +128,30 @@ def test_goal_checks_on_a_made_up_table():
     def row(folder, **columns):
         base = dict.fromkeys([k for k, _, _ in driver.COLUMNS], 1.0)
         base.update(columns)
-        results = {"long_steps": 1000, "ball": {"autoencoder_recall": 0.85}, "game": "pong"}
+        results = {"long_steps": 1000, "objects_in_replays": {"autoencoder_ball_recall": 0.85}, "game": "pong"}
         return {"folder": folder, "label": folder, "teacher": folder.startswith("teacher"), "columns": base, "results": results}
 
     report = {"rows": [row("teacher-causal", **{"psnr@16": 20.0, "calls/frame": 49.0}),
                        row("dmd-causal-forcing", **{"follow": 0.8, "follow/real": 0.95, "motion": 3.0, "psnr@16": 19.0,
                                                     "calls/frame": 2.5, "drift@10": 0.1, "drift@end": 0.15,
                                                     "drift end/10": 1.5, "ball_recall": 0.7}),
-                       row("dmd-self-forcing", **{"follow": 0.6, "motion": 2.0})]}
+                       row("dmd-self-forcing", **{"follow": 0.6, "motion": 2.0, "keys/real": 0.8})]}
     status = [g["status"] for g in driver.goal_checks(report, {"ball_recall/pong": 0.845})]
-    assert status == ["pass", "pass", "pass", "pass", "miss"]  # recall 70% vs the autoencoder's 85%
+    # keys: 100% of trials at 1.0x the real separation; vs Self Forcing 1.0 / 0.8 on keys, 3.0 / 2.0 on motion
+    assert status == ["pass", "pass", "pass", "pass", "pass", "miss"]  # recall 70% vs the autoencoder's 85%
+    report["rows"][2]["columns"]["motion"] = 2.9  # within 15% of Causal Forcing's motion: the comparison misses
+    assert [g["status"] for g in driver.goal_checks(report)][2] == "miss"
+    report["rows"][1]["columns"].update(keys=0.9)  # 90% of trials: the keys goal misses
+    assert [g["status"] for g in driver.goal_checks(report)][1] == "miss"
     report["rows"] = report["rows"][1:2]
-    assert [g["status"] for g in driver.goal_checks(report)] == ["pass", "n/a", "n/a", "pass", "miss"]
+    assert [g["status"] for g in driver.goal_checks(report)] == ["pass", "miss", "n/a", "n/a", "pass", "miss"]
 
 
 def test_ball_goal_needs_few_false_positives():
     """A frame of noise "shows" a ball everywhere: full recall with false positives everywhere is a miss."""
     driver = _load_driver()
     base = dict.fromkeys([k for k, _, _ in driver.COLUMNS], 1.0)
-    results = {"long_steps": 1000, "ball": {"autoencoder_recall": 0.85}, "game": "pong"}
+    results = {"long_steps": 1000, "objects_in_replays": {"autoencoder_ball_recall": 0.85}, "game": "pong"}
 
     def ball_status(recall, fp):
         columns = dict(base, ball_recall=recall, ball_fp=fp)

@@ -44,10 +44,11 @@ def stream(model, x, t, text, actions, commit_x=None, commit_t=None):
     return torch.cat(outs, dim=2)
 
 
-@pytest.mark.parametrize("chunk,frames", [(1, 6), (2, 8), (3, 9), (4, 8)])
+@pytest.mark.parametrize("chunk,frames,context,skip", [(1, 6, 0, 0), (2, 8, 0, 0), (3, 9, 0, 0), (4, 8, 0, 0), (1, 6, 2, 0),
+                                                       (2, 8, 2, 0.3), (3, 9, 1, 0.5)])
 @torch.no_grad()
-def test_streaming_equals_block_causal_forward(chunk, frames):
-    model = make(chunk, frames + chunk)  # the window holds all `frames` of history
+def test_streaming_equals_block_causal_forward(chunk, frames, context, skip):
+    model = make(chunk, frames + chunk, context_frames=context, context_skip=skip)  # the window holds all `frames` of history
     x, t, text, actions = inputs(model, frames=frames)
     full = model.forward_causal(x, t, text, actions)
     streamed = stream(model, x, t, text, actions)
@@ -55,15 +56,109 @@ def test_streaming_equals_block_causal_forward(chunk, frames):
     assert (full - streamed).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("chunk,frames", [(1, 5), (2, 8), (3, 9)])
+@pytest.mark.parametrize("chunk,frames,context,skip", [(1, 5, 0, 0), (2, 8, 0, 0), (3, 9, 0, 0), (2, 8, 2, 0.3), (1, 5, 3, 0)])
 @torch.no_grad()
-def test_streaming_with_clean_commits_equals_teacher_forcing(chunk, frames):
-    model = make(chunk, frames + chunk)
+def test_streaming_with_clean_commits_equals_teacher_forcing(chunk, frames, context, skip):
+    model = make(chunk, frames + chunk, context_frames=context, context_skip=skip)
     noisy, t, text, actions = inputs(model, frames=frames)
     clean = inputs(model, frames=frames, seed=7)[0]
     tf = model.forward_teacher_forcing(clean, noisy, t, text, actions)
     streamed = stream(model, noisy, t, text, actions, commit_x=clean, commit_t=torch.zeros_like(t))
     assert (tf - streamed).abs().max() < 1e-4
+
+
+@torch.no_grad()
+def test_context_frames_are_the_clean_frames_before_the_chunk():
+    # A model with context frames must read exactly the last K clean frames before each chunk: changing
+    # a frame inside that span changes the chunk's output, changing one before it (history reaches it
+    # only through attention, which we cut by comparing the context pathway alone) does not.
+    from worldsdk.model.dit import clip_context, recent_context
+
+    x = torch.randn(1, 3, 6, 2, 2)
+    ctx = clip_context(x, frames_per_chunk=2, context_frames=3)  # (1, 3 * 4, 6, 2, 2)
+    assert ctx.shape == (1, 12, 6, 2, 2)
+    # chunk 0 (frames 0, 1): nothing before it; chunk 1 (frames 2, 3): frames 0, 1 (and one missing);
+    # chunk 2 (frames 4, 5): frames 1, 2, 3, oldest first.
+    assert torch.equal(ctx[:, 9:, 0], torch.zeros(1, 3, 2, 2)) and torch.equal(ctx[:, :9, 1], torch.zeros(1, 9, 2, 2))
+    assert torch.equal(ctx[0, 9:, 2, 0, 0], torch.tensor([0.0, 1.0, 1.0]))
+    assert torch.equal(ctx[:, 3:6, 3], x[:, :, 0]) and torch.equal(ctx[:, 6:9, 3], x[:, :, 1])
+    assert torch.equal(ctx[:, 0:3, 4], x[:, :, 1]) and torch.equal(ctx[:, 6:9, 5], x[:, :, 3])
+    assert torch.equal(ctx[0, 9:, 5, 1, 1], torch.ones(3))
+    # the streaming twin gives the same stack from the last three frames and their presence
+    streamed = recent_context(x[:, :, 1:4], torch.ones(1, 3), chunk_frames=2)
+    assert torch.equal(streamed, ctx[:, :, 4:6])
+
+
+def test_skip_velocity_is_the_gaussian_posterior_mean():
+    # x0 ~ N(m, s^2), x_t = (1 - sigma) x0 + sigma eps: the skip must be E[v | x_t], the least-squares
+    # predictor of v = eps - x0, at every sigma (checked against a regression over samples), and
+    # reduce to eps - m at sigma 1 and -x0 at sigma 0.
+    from worldsdk.model.dit import skip_velocity
+
+    g = torch.Generator().manual_seed(0)
+    m, s = 0.7, 0.3
+    for sigma in (0.1, 0.5, 0.9):
+        x0 = m + s * torch.randn(2_000_000, generator=g, dtype=torch.float64)
+        eps = torch.randn(2_000_000, generator=g, dtype=torch.float64)
+        x_t = (1 - sigma) * x0 + sigma * eps
+        v = eps - x0
+        design = torch.stack([x_t, torch.ones_like(x_t)], 1)
+        coef = torch.linalg.lstsq(design, v[:, None]).solution[:, 0]  # the best affine predictor
+        probe = torch.tensor([-1.0, 0.0, 2.0], dtype=torch.float64)
+        shape = lambda z: z.view(1, 1, 3, 1, 1)  # noqa: E731  (B, C, F, H, W) with three "frames"
+        got = skip_velocity(shape(probe), torch.full((1, 3), sigma), shape(torch.full((3,), m)), torch.ones(1, 3), s)
+        assert torch.allclose(got.flatten().double(), coef[0] * probe + coef[1], atol=0.015), sigma  # sampling error ~0.003
+    x = torch.randn(2, 3, 2, 4, 4, generator=g)
+    ref = torch.randn(2, 3, 2, 4, 4, generator=g)
+    ones = torch.ones(2, 2)
+    assert torch.allclose(skip_velocity(x, ones, ref, ones, 0.3), x - ref, atol=1e-6)  # sigma 1: eps - m
+    assert torch.allclose(skip_velocity(x, 0 * ones, ref, ones, 0.3), -x, atol=1e-6)  # sigma 0: -x0
+    # no reference frame: the unit-variance prior around 0, whatever the reference tensor holds
+    assert torch.allclose(skip_velocity(x, 0.5 * ones, ref, 0 * ones, 0.3), skip_velocity(x, 0.5 * ones, 0 * ref, 0 * ones, 1.0))
+
+
+@torch.no_grad()
+def test_an_untrained_model_with_a_skip_predicts_that_nothing_moved():
+    # Zero head (the fresh model's init): from pure noise, x0 is the last context frame exactly.
+    config = replace(MODEL_PRESETS["tiny"], latent_frames_max=8, context_frames=2, context_skip=0.3)
+    torch.manual_seed(0)
+    model = CausalDiT(config).eval()
+    x, t, text, actions = inputs(model, frames=8)
+    clean = inputs(model, frames=8, seed=3)[0]
+    v = model.forward_teacher_forcing(clean, x, torch.full_like(t, 1000.0), text, actions)
+    x0 = x - v
+    for start in (2, 4, 6):  # every chunk after the first: the frame before its chunk
+        for j in range(2):
+            assert torch.allclose(x0[:, :, start + j], clean[:, :, start - 1], atol=1e-5)
+
+
+@torch.no_grad()
+def test_context_frames_stay_the_latest_frames_after_the_window_rolls():
+    # Eviction shifts the KV window; the context frames must still be the last committed chunk, and the
+    # next chunk must read them: streaming 9 chunks through a 3-chunk window, then changing only the
+    # remembered frames changes the output, and restoring them restores it exactly.
+    model = make(2, 8, context_frames=2)
+    x, t, text, actions = inputs(model, batch=2, frames=20)
+    cache = KVCache.empty(model.config, 2, sink_frames=2)
+    for i in range(2):
+        model.set_prompt(cache, i, text[i : i + 1])
+    for s in range(0, 18, 2):
+        model.commit_chunk(x[:, :, s : s + 2], torch.zeros(2, 2), actions[:, s : s + 2], cache)
+    assert cache.total == [18, 18] and cache.lengths == [6, 6]
+    assert torch.equal(cache.recent, x[:, :, 16:18]) and torch.equal(cache.recent_valid, torch.ones(2, 2))
+    out = model.denoise_chunk(x[:, :, 18:20], t[:, 18:20], actions[:, 18:20], cache)
+    kept = cache.recent.clone()
+    cache.recent.add_(1.0)
+    changed = model.denoise_chunk(x[:, :, 18:20], t[:, 18:20], actions[:, 18:20], cache)
+    cache.recent.copy_(kept)
+    assert (changed - out).abs().max() > 1e-3
+    assert torch.equal(model.denoise_chunk(x[:, :, 18:20], t[:, 18:20], actions[:, 18:20], cache), out)
+    # split views share the buffers; clear() forgets one item's frames only
+    first, second = cache.split()
+    second.push_recent(torch.zeros(1, model.config.latent_channels, 2, 8, 8))
+    assert torch.equal(cache.recent[1], torch.zeros_like(cache.recent[1])) and torch.equal(cache.recent[0], kept[0])
+    cache.clear(0)
+    assert torch.equal(cache.recent_valid, torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
 
 
 @torch.no_grad()

@@ -134,3 +134,42 @@ def test_world_stages_run_from_the_command_line_with_their_yaml(chain, tmp_path)
     result = subprocess.run([sys.executable, "-m", "trainers.app", "stage=teacher", "stage.mode=nope", *common,
                              f"run_dir={tmp_path / 'bad'}", f"stage.autoencoder={ae}"], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "stage.mode must be one of" in result.stderr
+
+
+def test_a_world_trains_and_samples_on_its_own_schedule(chain, monkeypatch):
+    # A shift other than the paper's 5 must reach every grid: the teacher's training draws, the world it
+    # writes, the ODE pairs' Euler steps and student states, DMD's student sigmas and the World's sampler.
+    from trainers import objectives as O
+    from worldsdk import diffusion as D
+
+    root, ae, latents = chain
+    schedule = D.Schedule(shift=2.0)
+    seen: dict[str, list] = {"train": [], "euler": []}
+    original_chunk_sigmas, original_euler = O.chunk_sigmas, D.Schedule.euler_sigmas
+
+    def spy_chunk_sigmas(batch, frames, fc, sched, device, uniform=False):
+        seen["train"].append(sched)
+        return original_chunk_sigmas(batch, frames, fc, sched, device, uniform)
+
+    def spy_euler(self, num_steps):
+        seen["euler"].append(self)
+        return original_euler(self, num_steps)
+
+    monkeypatch.setattr(O, "chunk_sigmas", spy_chunk_sigmas)
+    monkeypatch.setattr(D.Schedule, "euler_sigmas", spy_euler)
+    shifted = root / "shift2"
+    teacher = train(shifted, {"name": "teacher", "mode": "teacher_forcing", "latents": latents, "autoencoder": ae,
+                              "timestep_shift": 2.0})
+    assert seen["train"] and all(s == schedule for s in seen["train"])
+    world = World.load(teacher)
+    assert world.spec.schedule == schedule
+    assert torch.allclose(world.sigmas, schedule.student_sigmas())
+    ode = train(shifted, {"name": "ode", "teacher": str(teacher), "latents": latents, "num_clips": 2, "generate_batch": 2,
+                          "ode_steps": 8, "guidance": 1.0})
+    assert seen["euler"] and all(s == schedule for s in seen["euler"])
+    assert World.load(ode).spec.schedule == schedule
+    # without an override, the teacher takes its preset's schedule
+    from worldsdk.config import WORLD_PRESETS
+
+    default = train(root / "preset-shift", {"name": "teacher", "mode": "teacher_forcing", "latents": latents, "autoencoder": ae})
+    assert World.load(default).spec.schedule == WORLD_PRESETS["tiny"].schedule != schedule

@@ -50,9 +50,10 @@ def drop_conditioning(cond: Conditioning, p_text: float, p_action: float) -> Con
     return Conditioning(text, actions)
 
 
-def chunk_sigmas(batch: int, frames: int, frames_per_chunk: int, shift: float, device, uniform: bool = False) -> torch.Tensor:
-    """sigma (B, F) drawn on the shifted grid: one per chunk (or one per clip if `uniform`)."""
-    grid = D.training_sigmas(shift).to(device)
+def chunk_sigmas(batch: int, frames: int, frames_per_chunk: int, schedule: D.Schedule, device,
+                 uniform: bool = False) -> torch.Tensor:
+    """sigma (B, F) drawn on the schedule's training grid: one per chunk (or one per clip if `uniform`)."""
+    grid = schedule.training_sigmas().to(device)
     chunks = -(-frames // frames_per_chunk)
     index = torch.randint(0, len(grid), (batch, 1 if uniform else chunks), device=device)
     sigma = grid[index].repeat_interleave(frames_per_chunk if not uniform else frames, dim=1)
@@ -68,7 +69,7 @@ def _x0(model_v: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.
 # ----------------------------------------------------------------------------------------------
 
 
-def teacher_loss(model: CausalDiT, x0: torch.Tensor, cond: Conditioning, mode: str, shift: float = 5.0,
+def teacher_loss(model: CausalDiT, x0: torch.Tensor, cond: Conditioning, mode: str, schedule: D.Schedule,
                  token_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Bell-weighted v-MSE of the world model in one of three attention layouts.
 
@@ -79,7 +80,7 @@ def teacher_loss(model: CausalDiT, x0: torch.Tensor, cond: Conditioning, mode: s
     if mode not in TEACHER_MODES:
         raise ValueError(f"teacher mode must be one of {TEACHER_MODES}, got {mode!r}")
     b, _, f = x0.shape[:3]
-    sigma = chunk_sigmas(b, f, model.config.frames_per_chunk, shift, x0.device, uniform=mode == "bidirectional")
+    sigma = chunk_sigmas(b, f, model.config.frames_per_chunk, schedule, x0.device, uniform=mode == "bidirectional")
     noise = torch.randn_like(x0)
     x_t = D.add_noise(x0, noise, sigma)
     t = D.sigma_to_t(sigma)
@@ -89,7 +90,7 @@ def teacher_loss(model: CausalDiT, x0: torch.Tensor, cond: Conditioning, mode: s
         v = model.forward_causal(x_t, t, cond.text, cond.actions)
     else:
         v = model.forward_bidirectional(x_t, t, cond.text, cond.actions)
-    loss = D.flow_matching_loss(v, x0, noise, t, shift, token_weight)
+    loss = D.flow_matching_loss(v, x0, noise, t, schedule.shift, token_weight)
     return loss, {"loss": loss.detach(), "sigma": sigma.mean().detach()}
 
 
@@ -98,21 +99,9 @@ def teacher_loss(model: CausalDiT, x0: torch.Tensor, cond: Conditioning, mode: s
 # ----------------------------------------------------------------------------------------------
 
 
-def student_state_indices(num_steps: int, nominal_steps) -> list[int]:
-    """Indices of the Euler grid whose sigmas are the student's warped steps (48 steps: 0, 12, 24, 36)."""
-    euler = D.euler_sigmas(num_steps)
-    out = []
-    for s in D.warped_sigmas(nominal_steps):
-        i = int(torch.argmin((euler - s).abs()))
-        if abs(float(euler[i] - s)) > 1e-4:
-            raise ValueError(f"student sigma {float(s):.4f} is not on the {num_steps}-step Euler grid")
-        out.append(i)
-    return out
-
-
 @torch.no_grad()
-def causal_ode_pairs(teacher: CausalDiT, x0: torch.Tensor, cond: Conditioning, num_steps: int = 48,
-                     guidance: float = 6.0, nominal_steps=(1000, 750, 500, 250)) -> tuple[torch.Tensor, torch.Tensor]:
+def causal_ode_pairs(teacher: CausalDiT, x0: torch.Tensor, cond: Conditioning, schedule: D.Schedule,
+                     num_steps: int = 48, guidance: float = 6.0) -> tuple[torch.Tensor, torch.Tensor]:
     """PF-ODE of the AR teacher, chunk by chunk, with the ground-truth clean history as context.
 
     Returns (states (B, S, C, F, H, W) at the student's S sigmas, endpoint (B, C, F, H, W)).
@@ -122,8 +111,8 @@ def causal_ode_pairs(teacher: CausalDiT, x0: torch.Tensor, cond: Conditioning, n
     cfg = teacher.config
     b, _, f = x0.shape[:3]
     fc = cfg.frames_per_chunk
-    sigmas = D.euler_sigmas(num_steps).to(x0.device)
-    keep = student_state_indices(num_steps, nominal_steps)
+    sigmas = schedule.euler_sigmas(num_steps).to(x0.device)
+    keep = schedule.student_state_indices(num_steps)
     branches = [(cond, _prompt_cache(teacher, cond.text))]
     if guidance != 1.0:
         null = cond.null()
@@ -135,7 +124,7 @@ def causal_ode_pairs(teacher: CausalDiT, x0: torch.Tensor, cond: Conditioning, n
         zeros = torch.zeros(b, stop - start, device=x0.device)
 
         def velocity(x, sigma):
-            t = torch.full_like(zeros, float(sigma) * 1000.0)
+            t = D.sigma_to_t(torch.full_like(zeros, float(sigma)))
             vs = [teacher.denoise_chunk(x, t, c.chunk(start, stop), cache) for c, cache in branches]
             return vs[0] if len(vs) == 1 else D.cfg(vs[0], vs[1], guidance)
 
@@ -150,17 +139,17 @@ def causal_ode_pairs(teacher: CausalDiT, x0: torch.Tensor, cond: Conditioning, n
 
 
 @torch.no_grad()
-def bidirectional_ode_pairs(teacher: CausalDiT, x0: torch.Tensor, cond: Conditioning, num_steps: int = 48,
-                            guidance: float = 6.0, nominal_steps=(1000, 750, 500, 250)) -> tuple[torch.Tensor, torch.Tensor]:
+def bidirectional_ode_pairs(teacher: CausalDiT, x0: torch.Tensor, cond: Conditioning, schedule: D.Schedule,
+                            num_steps: int = 48, guidance: float = 6.0) -> tuple[torch.Tensor, torch.Tensor]:
     """PF-ODE of a bidirectional teacher over the whole clip (the Self Forcing / CausVid pairs)."""
     b, _, f = x0.shape[:3]
-    sigmas = D.euler_sigmas(num_steps).to(x0.device)
-    keep = student_state_indices(num_steps, nominal_steps)
+    sigmas = schedule.euler_sigmas(num_steps).to(x0.device)
+    keep = schedule.student_state_indices(num_steps)
     null = cond.null()
     states = torch.zeros(b, len(keep), *x0.shape[1:], device=x0.device, dtype=x0.dtype)
 
     def velocity(x, sigma):
-        t = torch.full((b, f), float(sigma) * 1000.0, device=x.device)
+        t = D.sigma_to_t(torch.full((b, f), float(sigma), device=x.device))
         v = teacher.forward_bidirectional(x, t, cond.text, cond.actions)
         if guidance == 1.0:
             return v
@@ -208,11 +197,11 @@ def ode_regression_loss(student: CausalDiT, states: torch.Tensor, endpoint: torc
 
 
 def consistency_loss(student: CausalDiT, target: CausalDiT, teacher: CausalDiT, x0: torch.Tensor, cond: Conditioning,
-                     num_steps: int = 48, guidance: float = 3.0) -> tuple[torch.Tensor, dict]:
+                     schedule: D.Schedule, num_steps: int = 48, guidance: float = 3.0) -> tuple[torch.Tensor, dict]:
     """Causal consistency distillation (Causal Forcing++): one teacher Euler step n -> n+1 with CFG and
     clean context; the student's x0 at x_n matches the EMA target's x0 at x_{n+1}."""
     b, _, f = x0.shape[:3]
-    sigmas = D.euler_sigmas(num_steps).to(x0.device)
+    sigmas = schedule.euler_sigmas(num_steps).to(x0.device)
     n = torch.randint(0, num_steps - 1, (b,), device=x0.device)  # n in [0, num_steps - 2]: n+1 stays above 0
     s_n, s_next = sigmas[n][:, None].expand(b, f), sigmas[n + 1][:, None].expand(b, f)
     x_n = D.add_noise(x0, torch.randn_like(x0), s_n)
@@ -258,7 +247,7 @@ def self_rollout(generator: CausalDiT, noise: torch.Tensor, cond: Conditioning, 
         stop = min(start + fc, f)
         actions = cond.chunk(start, stop)
         x = noise[:, :, start:stop]
-        t_of = lambda sigma: torch.full((b, stop - start), float(sigma) * 1000.0, device=noise.device)  # noqa: E731
+        t_of = lambda sigma: D.sigma_to_t(torch.full((b, stop - start), float(sigma), device=noise.device))  # noqa: E731
         with torch.no_grad():
             for i in range(exit_index):
                 v = generator.denoise_chunk(x, t_of(sigmas[i]), actions, cache)
@@ -271,17 +260,17 @@ def self_rollout(generator: CausalDiT, noise: torch.Tensor, cond: Conditioning, 
     return torch.cat(chunks, dim=2)
 
 
-def dmd_sigma(batch: int, shift: float, device, low: float = 0.02, high: float = 0.98) -> torch.Tensor:
-    """DMD's timestep: uniform, shifted, clamped to [20, 980] in t; one per sample."""
+def dmd_sigma(batch: int, schedule: D.Schedule, device, low: float = 0.02, high: float = 0.98) -> torch.Tensor:
+    """DMD's timestep: uniform, shifted by the schedule, clamped to [20, 980] in t; one per sample."""
     u = torch.rand(batch, device=device)
-    return D.shift_sigma(u, shift).clamp(low, high)
+    return schedule.shift_sigma(u).clamp(low, high)
 
 
-def dmd_generator_loss(x: torch.Tensor, real: CausalDiT, fake: CausalDiT, cond: Conditioning, guidance: float = 3.0,
-                       shift: float = 5.0) -> tuple[torch.Tensor, dict]:
+def dmd_generator_loss(x: torch.Tensor, real: CausalDiT, fake: CausalDiT, cond: Conditioning, schedule: D.Schedule,
+                       guidance: float = 3.0) -> tuple[torch.Tensor, dict]:
     """Distribution matching: push generated x along x0_fake - x0_real (real = CFG teacher), normalised."""
     b, _, f = x.shape[:3]
-    sigma = dmd_sigma(b, shift, x.device)[:, None].expand(b, f)
+    sigma = dmd_sigma(b, schedule, x.device)[:, None].expand(b, f)
     with torch.no_grad():
         x_t = D.add_noise(x, torch.randn_like(x), sigma)
         t = D.sigma_to_t(sigma)
@@ -298,11 +287,11 @@ def dmd_generator_loss(x: torch.Tensor, real: CausalDiT, fake: CausalDiT, cond: 
     return loss.float(), {"loss": loss.detach().float(), "grad_norm": grad.abs().mean().float()}
 
 
-def critic_loss(fake: CausalDiT, x: torch.Tensor, cond: Conditioning, shift: float = 5.0) -> tuple[torch.Tensor, dict]:
+def critic_loss(fake: CausalDiT, x: torch.Tensor, cond: Conditioning, schedule: D.Schedule) -> tuple[torch.Tensor, dict]:
     """The fake score learns the generator's distribution: flow matching on generated samples."""
     x = x.detach()
     b, _, f = x.shape[:3]
-    sigma = dmd_sigma(b, shift, x.device)[:, None].expand(b, f)
+    sigma = dmd_sigma(b, schedule, x.device)[:, None].expand(b, f)
     noise = torch.randn_like(x)
     x_t = D.add_noise(x, noise, sigma)
     v = fake.forward_bidirectional(x_t, D.sigma_to_t(sigma), cond.text, cond.actions)

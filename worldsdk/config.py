@@ -29,6 +29,11 @@ def dataclass_from_dict(cls, d: Mapping, tuple_fields: tuple[str, ...] = ()):
     return cls(**d)
 
 
+PAPER_SHIFT = 5.0  # Wan2.1 / Causal Forcing's timestep shift, sized for 832x480 video (~32k tokens a clip)
+PAPER_STEPS = (1000.0, 750.0, 500.0, 250.0)  # the few-step student's nominal timesteps (Causal Forcing App. D)
+SMALL_WORLD_SHIFT = 1.0  # a 16x16 latent: SD3's resolution rule puts it near 1 (docs/worlds.md)
+
+
 # ----------------------------------------------------------------------------------------------
 # Action specs
 # ----------------------------------------------------------------------------------------------
@@ -198,6 +203,16 @@ class ModelConfig:
     text_len: int = 512
     frames_per_chunk: int = 3
     action_dim: int = 0  # features per latent frame from the ActionSpec; 0 = prompt-only world
+    # Clean latent frames before each chunk that every token of the chunk also sees at its own place,
+    # stacked on channels (DIAMOND and GameNGen condition on the previous frames this way). Attention
+    # reaches the whole history, but a 1-2 px ball moving between 16x16 px tokens is a local change
+    # that a patch-aligned view of the last frames makes cheap to learn. 0 = off (Wan's layout).
+    context_frames: int = 0
+    # With context frames: the std of a latent's change from the last context frame to the frame being
+    # denoised. v becomes the exact v of a Gaussian prior around that frame (EDM's skip, with the last
+    # frame as the data mean) plus the network's output, so an untrained model already predicts
+    # "nothing moved" and training learns only what moves. 0 = off (the network predicts all of v).
+    context_skip: float = 0.0
     rope_theta: float = 10000.0
     eps: float = 1e-6
     cross_attn_norm: bool = True
@@ -212,6 +227,11 @@ class ModelConfig:
             raise ValueError("only temporal patch size 1 is supported (one latent frame per token row)")
         if self.latent_height % ph or self.latent_width % pw:
             raise ValueError(f"latent grid {self.latent_height}x{self.latent_width} not divisible by patch {self.patch}")
+        if self.context_frames < 0:
+            raise ValueError(f"context_frames must be >= 0, got {self.context_frames}")
+        if self.context_skip < 0 or (self.context_skip and not self.context_frames):
+            raise ValueError(f"context_skip must be >= 0 and needs context_frames >= 1, got {self.context_skip} "
+                             f"with {self.context_frames} context frames")
         if self.latent_frames_max % self.frames_per_chunk:
             raise ValueError(
                 f"latent_frames_max {self.latent_frames_max} must be a multiple of frames_per_chunk {self.frames_per_chunk}"
@@ -270,10 +290,17 @@ class WorldSpec:
     key_map: dict = field(default_factory=dict)  # key name -> action (json-able)
     prompts: tuple[str, ...] = ()
     default_prompt: str = ""
-    denoising_steps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
-    timestep_shift: float = 5.0
+    denoising_steps: tuple[float, ...] = PAPER_STEPS
+    timestep_shift: float = PAPER_SHIFT  # read both through `schedule`
     sink_frames: int = 1
     description: str = ""
+
+    @property
+    def schedule(self):
+        """The world's noise schedule (`worldsdk.diffusion.Schedule`): what training and sampling read."""
+        from worldsdk.diffusion import Schedule
+
+        return Schedule(self.timestep_shift, tuple(self.denoising_steps))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -311,6 +338,14 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         ffn_dim=1024, num_heads=4, num_layers=8, freq_dim=128, text_dim=128, text_len=32, frames_per_chunk=2,
         action_dim=_GAME_ACTION.feature_dim,
     ),
+    # `small` whose tokens also see the two clean frames before their chunk at their own place
+    # (ModelConfig.context_frames: the locality that moves a 1-2 px ball cheaply), with v predicted
+    # around "nothing moved" (context_skip: 0.33 is the std of a Pong latent's change over 1-2 frames).
+    "small-ctx": ModelConfig(
+        latent_channels=8, latent_frames_max=8, latent_height=16, latent_width=16, patch=(1, 4, 4), dim=256,
+        ffn_dim=1024, num_heads=4, num_layers=8, freq_dim=128, text_dim=128, text_len=32, frames_per_chunk=2,
+        action_dim=_GAME_ACTION.feature_dim, context_frames=2, context_skip=0.33,
+    ),
     # The paper's shapes (Wan2.1-T2V-1.3B): 832x480, 21 latent frames of 1,560 tokens, chunks of 3.
     "wan-1.3b": ModelConfig(),
 }
@@ -322,9 +357,14 @@ WORLD_PRESETS: dict[str, WorldSpec] = {
         description="random weights, for tests",
     ),
     "small": WorldSpec(
-        name="small", height=64, width=64, fps=15.0, action=_GAME_ACTION, key_map=_GAME_KEYS,
+        name="small", timestep_shift=SMALL_WORLD_SHIFT, height=64, width=64, fps=15.0, action=_GAME_ACTION, key_map=_GAME_KEYS,
         prompts=("pong, classic colours",), default_prompt="pong, classic colours",
         description="random weights at the size of the default worlds",
+    ),
+    "small-ctx": WorldSpec(
+        name="small-ctx", timestep_shift=SMALL_WORLD_SHIFT, height=64, width=64, fps=15.0, action=_GAME_ACTION, key_map=_GAME_KEYS,
+        prompts=("pong, classic colours",), default_prompt="pong, classic colours",
+        description="random weights at the size of the default worlds, with context frames",
     ),
     "wan-1.3b": WorldSpec(
         name="wan-1.3b", height=480, width=832, fps=16.0, action=ActionSpec.discrete(1), key_map={"none": 0},

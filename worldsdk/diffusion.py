@@ -8,9 +8,12 @@ callable and `callback(dict)` receives every intermediate (k-diffusion style).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+
+from worldsdk.config import PAPER_SHIFT, PAPER_STEPS
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -20,12 +23,12 @@ def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * sigma / (1.0 + (shift - 1.0) * sigma)
 
 
-def training_sigmas(shift: float = 5.0, num_steps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
+def training_sigmas(shift: float, num_steps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
     """The shifted training grid: linspace(1, 0, num_steps + 1)[:-1], shifted (Wan FlowMatchScheduler)."""
     return shift_sigma(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)[:-1], shift).float()
 
 
-def warped_sigmas(nominal_steps: Sequence[float], shift: float = 5.0) -> torch.Tensor:
+def warped_sigmas(nominal_steps: Sequence[float], shift: float) -> torch.Tensor:
     """Few-step list: nominal timesteps [1000, 750, ...] looked up on the shifted grid (Causal Forcing App. D).
 
     [1000, 750, 500, 250] with shift 5 gives sigma = 1, 0.9375, 0.8333, 0.625.
@@ -37,14 +40,68 @@ def warped_sigmas(nominal_steps: Sequence[float], shift: float = 5.0) -> torch.T
     return grid[index]
 
 
-def euler_sigmas(num_steps: int = 48, shift: float = 5.0) -> torch.Tensor:
+def euler_sigmas(num_steps: int, shift: float) -> torch.Tensor:
     """num_steps + 1 shifted sigmas from 1 down to exactly 0, for the multi-step Euler sampler."""
     return shift_sigma(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64), shift).float()
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A world's noise schedule, the one place training and sampling read it from.
+
+    `shift` warps every grid (training draws, the loss weight, the teachers' Euler steps, the
+    student's steps); `steps` are the few-step student's nominal timesteps, looked up on the shifted
+    grid. The paper's (5, [1000, 750, 500, 250]) suits 832x480 video; a 16x16 latent is near shift 1
+    by SD3's resolution rule (docs/worlds.md). A world's spec carries its schedule
+    (`WorldSpec.schedule`), so every stage trained from a world, and the world itself, agree on it.
+    """
+
+    shift: float = PAPER_SHIFT
+    steps: tuple[float, ...] = PAPER_STEPS
+
+    def __post_init__(self):
+        if not self.shift > 0:
+            raise ValueError(f"schedule shift must be > 0, got {self.shift}")
+        warped_sigmas(self.steps, self.shift)  # validates the steps
+
+    def training_sigmas(self) -> torch.Tensor:
+        """The grid training draws sigma from (uniform over it)."""
+        return training_sigmas(self.shift)
+
+    def student_sigmas(self) -> torch.Tensor:
+        """The few-step sampler's sigmas, from 1 down to the last step's."""
+        return warped_sigmas(self.steps, self.shift)
+
+    def euler_sigmas(self, num_steps: int) -> torch.Tensor:
+        """num_steps + 1 sigmas from 1 to 0 for the teachers' PF-ODE (and their ODE pairs)."""
+        return euler_sigmas(num_steps, self.shift)
+
+    def student_state_indices(self, num_steps: int) -> list[int]:
+        """Indices of the `num_steps` Euler grid whose sigmas are the student's (48 steps: 0, 12, 24, 36)."""
+        euler = self.euler_sigmas(num_steps)
+        out = []
+        for s in self.student_sigmas():
+            i = int(torch.argmin((euler - s).abs()))
+            if abs(float(euler[i] - s)) > 1e-4:
+                raise ValueError(f"student sigma {float(s):.4f} is not on the {num_steps}-step Euler grid")
+            out.append(i)
+        return out
+
+    def bell_weight(self, t: torch.Tensor) -> torch.Tensor:
+        return bell_weight(t, self.shift)
+
+    def shift_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        return shift_sigma(sigma, self.shift)
 
 
 def sigma_to_t(sigma: torch.Tensor) -> torch.Tensor:
     """Network timestep input t = 1000 sigma."""
     return sigma * NUM_TRAIN_TIMESTEPS
+
+
+def t_to_sigma(t: torch.Tensor) -> torch.Tensor:
+    """sigma = t / 1000, the inverse of `sigma_to_t`."""
+    return t / NUM_TRAIN_TIMESTEPS
 
 
 def _bcast(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
@@ -78,7 +135,7 @@ def velocity_from_x0(x_t: torch.Tensor, x0: torch.Tensor, sigma) -> torch.Tensor
     return (x_t - x0) / _bcast(sigma, x_t)
 
 
-def bell_weight(t: torch.Tensor, shift: float = 5.0) -> torch.Tensor:
+def bell_weight(t: torch.Tensor, shift: float) -> torch.Tensor:
     """Training weight ~ exp(-2 ((t - 500) / 1000)^2), normalised to mean 1 over the shifted grid."""
     grid_t = sigma_to_t(training_sigmas(shift)).to(t.device)
     norm = torch.exp(-2.0 * ((grid_t - 500.0) / 1000.0) ** 2).mean()
@@ -144,7 +201,7 @@ def guided_velocity(
 
 
 def flow_matching_loss(
-    v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, shift: float = 5.0,
+    v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, shift: float,
     token_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Bell-weighted v-MSE, averaged per frame then weighted by the frame's t (Causal Forcing stage 1).

@@ -34,7 +34,7 @@ from worldsdk import checkpoint
 from worldsdk.autoencoder import AUTOENCODER_PRESETS, AutoencoderConfig, FrameAutoencoder
 from worldsdk.codec import VideoCodec, as_codec
 from worldsdk.config import MODEL_PRESETS, ModelConfig, WorldSpec, preset
-from worldsdk.diffusion import sample_few_step, warped_sigmas
+from worldsdk.diffusion import sample_few_step, sigma_to_t
 from worldsdk.model import ByteTextConfig, ByteTextEncoder, CausalDiT, KVCache, TextEncoder
 from worldsdk.reward import RewardConfig, RewardModel, RewardState
 
@@ -142,7 +142,7 @@ class World:
         self.text_encoder = text_encoder.to(self.device).eval()
         self.spec = spec
         self.info = dict(info or {})
-        self.sigmas = warped_sigmas(spec.denoising_steps, spec.timestep_shift).to(self.device)
+        self.sigmas = spec.schedule.student_sigmas().to(self.device)
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.state: WorldState | None = None
         self.reward_model: RewardModel | None = None
@@ -359,7 +359,7 @@ class World:
             features = features.to(self.device, torch.float32)
         shape = (cfg.latent_channels, cfg.frames_per_chunk, cfg.latent_height, cfg.latent_width)
         noise = lambda: torch.stack([torch.randn(shape, generator=g) for g in state.generators]).to(self.device)  # noqa: E731
-        t_chunk = lambda sigma: torch.full((state.batch_size, cfg.frames_per_chunk), float(sigma) * 1000.0, device=self.device)  # noqa: E731
+        t_chunk = lambda sigma: sigma_to_t(torch.full((state.batch_size, cfg.frames_per_chunk), float(sigma), device=self.device))  # noqa: E731
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             v = self.model.denoise_chunk(x, t_chunk(sigma), features, state.cache)

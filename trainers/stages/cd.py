@@ -66,8 +66,8 @@ class CdStage(Stage):
     def loss(self, batch, step: int):
         self.target.update(self.student, step)  # the EMA after the previous update
         x0, cond = worlds.clip_batch(batch, self.text_encoder, self.ctx.device)
-        return consistency_loss(self.student, self.target.module, self.teacher, x0, cond, self.config.ode_steps,
-                                self.config.guidance)
+        return consistency_loss(self.student, self.target.module, self.teacher, x0, cond, self.spec.schedule,
+                                self.config.ode_steps, self.config.guidance)
 
     def sample(self, step: int, weights: Mapping[str, nn.Module], out_dir: Path) -> None:
         worlds.sample_rollouts(out_dir / f"rollout_{step:06d}.mp4", weights["student"], self.text_encoder,

@@ -23,7 +23,6 @@ from trainers.objectives import Conditioning, critic_loss, dmd_generator_loss, s
 from trainers.stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
 from trainers.stages import worlds
 from worldsdk.data.datasets import collate_clips
-from worldsdk.diffusion import warped_sigmas
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,6 @@ class DmdStageConfig:
     latents: str = ""  # prompts and action sequences come from the recordings
     guidance: float = 3.0  # CFG of the real score
     critic_updates: int = 5  # critic updates per generator update (dfake_gen_update_ratio)
-    timestep_shift: float = 5.0
     ema_decay: float = 0.99
     ema_start_step: int = 200
     generator_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
@@ -61,11 +59,18 @@ class DmdStage(Stage):
         self.real = worlds.frozen_copy(real_world.model).to(ctx.device)
         self.real_text = real_world.text_encoder.to(ctx.device).eval().requires_grad_(False)
         self.critic = real_world.model.to(ctx.device).train()
-        self.sigmas = warped_sigmas(self.spec.denoising_steps, self.spec.timestep_shift).to(ctx.device)
+        if gen_world.spec.schedule != real_world.spec.schedule:
+            raise ValueError(f"generator and real score were trained on different schedules: "
+                             f"{gen_world.spec.schedule} vs {real_world.spec.schedule}")
+        self.schedule = self.spec.schedule
+        self.sigmas = self.schedule.student_sigmas().to(ctx.device)
         self.data = worlds.open_latent_clips(config.latents, self.generator.config.latent_frames_max)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": self.generator, "critic": self.critic}
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        return {"real": self.real}  # sharded too under loop.strategy=fsdp
 
     def updates(self) -> list[Update]:
         c = self.config
@@ -99,11 +104,11 @@ class DmdStage(Stage):
 
     def generator_loss(self, batch, step: int):
         x, cond = self._rollout(batch, grad=True)
-        return dmd_generator_loss(x, self.real, self.critic, cond, self.config.guidance, self.config.timestep_shift)
+        return dmd_generator_loss(x, self.real, self.critic, cond, self.schedule, self.config.guidance)
 
     def critic_loss(self, batch, step: int):
         x, cond = self._rollout(batch, grad=False)
-        return critic_loss(self.critic, x, cond, self.config.timestep_shift)
+        return critic_loss(self.critic, x, cond, self.schedule)
 
     def sample(self, step: int, weights: Mapping[str, nn.Module], out_dir: Path) -> None:
         worlds.sample_rollouts(out_dir / f"rollout_{step:06d}.mp4", weights["generator"], self.gen_text,

@@ -29,7 +29,6 @@ from trainers.stage import ModelChoice, OptimizerConfig, RunContext, Stage, Upda
 from trainers.stages import worlds
 from worldsdk import checkpoint
 from worldsdk.data.datasets import collate_clips
-from worldsdk.diffusion import warped_sigmas
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ class OdeStage(Stage):
         self.text_encoder.to(ctx.device).eval().requires_grad_(False)  # the student keeps the teacher's text encoder
         self.student = teacher_world.model.to(ctx.device).train()  # initialised from the teacher (paper, App. C.3)
         self.pairs_dir = Path(config.pairs) if config.pairs else ctx.run_dir / "ode_pairs"
-        self.sigmas = warped_sigmas(self.spec.denoising_steps, self.spec.timestep_shift)
+        self.sigmas = self.spec.schedule.student_sigmas()
         if ctx.is_main:
             self._generate(worlds.frozen_copy(teacher_world.model), config)
         distributed.barrier()
@@ -115,7 +114,7 @@ class OdeStage(Stage):
             batch = collate_clips([data[i] for i in indices])
             x0, cond = worlds.clip_batch(batch, self.text_encoder, self.ctx.device)
             with self.ctx.autocast():
-                states, endpoint = generate(teacher, x0, cond, config.ode_steps, config.guidance, self.spec.denoising_steps)
+                states, endpoint = generate(teacher, x0, cond, self.spec.schedule, config.ode_steps, config.guidance)
             tensors = {"states": states.float(), "endpoint": endpoint.float(), "clean": x0.float(), "actions": cond.actions.float()}
             meta = {"format": "worldsdk-ode-pairs", "prompts": list(batch["prompt"]), "teacher_kind": config.teacher_kind,
                     "ode_steps": config.ode_steps, "guidance": config.guidance, "teacher": config.teacher}

@@ -13,7 +13,7 @@ pixels: without it the model learns the background and the paddles first, the ba
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -42,7 +42,7 @@ class TeacherStageConfig:
     p_drop_text: float = 0.1
     p_drop_action: float = 0.1
     foreground_weight: float = 4.0
-    timestep_shift: float = 5.0
+    timestep_shift: float = 0.0  # 0: the preset's (or the initial world's) schedule; else written into the world's
     ema_decay: float = 0.999
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
         lr=3e-4, betas=(0.9, 0.99), weight_decay=0.01, grad_clip=1.0, warmup_steps=200, decay="cosine", min_lr_ratio=0.1))
@@ -66,6 +66,9 @@ class TeacherStage(Stage):
             self.data = worlds.open_latent_clips(config.latents, config.clip_frames or preset_frames)
             self.spec = worlds.spec_for_dataset(self.data, model.preset)
             self.model, self.text_encoder, self.autoencoder = worlds.fresh_parts(model.preset, self.spec, config.autoencoder)
+        if config.timestep_shift:
+            self.spec = replace(self.spec, timestep_shift=config.timestep_shift)
+        self.schedule = self.spec.schedule  # trained on the grid the world will sample on
         self.model.to(ctx.device).train()
         self.text_encoder.to(ctx.device).train()
         self.autoencoder.eval()
@@ -89,7 +92,7 @@ class TeacherStage(Stage):
         x0, cond = worlds.clip_batch(batch, self.text_encoder, self.ctx.device)
         cond = drop_conditioning(cond, self.config.p_drop_text, self.config.p_drop_action)
         weight = worlds.foreground_weight(x0, self.config.foreground_weight)
-        return teacher_loss(self.model, x0, cond, self.config.mode, self.config.timestep_shift, weight)
+        return teacher_loss(self.model, x0, cond, self.config.mode, self.schedule, weight)
 
     def sample(self, step: int, weights: Mapping[str, nn.Module], out_dir: Path) -> None:
         # The teacher is a many-step model: sample it with 8 warped steps rather than the student's 4.

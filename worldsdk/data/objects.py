@@ -249,11 +249,14 @@ def find_balls(frames: np.ndarray, game: str, style: str | Style | None = None) 
     return out
 
 
-def find_paddles(frames: np.ndarray, game: str, style: str | Style | None = None) -> np.ndarray:
-    """The player's paddle centre (N, 2) float32 as (row, col) in frame pixels; NaN where not visible."""
+def find_paddles(frames: np.ndarray, game: str, style: str | Style | None = None, min_fraction: float = 1 / 3) -> np.ndarray:
+    """The player's paddle centre (N, 2) float32 as (row, col) in frame pixels; NaN where less than
+    `min_fraction` of a paddle is visible (Pong's paddle slides under the walls: the centre is then
+    that of its visible part)."""
     frames = _as_batch(frames)
     if len(frames) > _BATCH:
-        return np.concatenate([find_paddles(frames[i : i + _BATCH], game, style) for i in range(0, len(frames), _BATCH)])
+        return np.concatenate([find_paddles(frames[i : i + _BATCH], game, style, min_fraction)
+                               for i in range(0, len(frames), _BATCH)])
     objects = get_game(game)
     n, h, w, _ = frames.shape
     out = np.full((n, 2), np.nan, dtype=np.float32)
@@ -267,11 +270,51 @@ def find_paddles(frames: np.ndarray, game: str, style: str | Style | None = None
         labels, alpha, _ = _unmix(frames[idx], objects, s)
         evidence = np.where((labels == label) & region, alpha, 0.0)
         total = evidence.sum(axis=(1, 2))
-        found = total >= mass / 3.0
+        found = total >= mass * min_fraction
         safe = np.maximum(total, 1e-9)
         centres = np.stack([(evidence * yy).sum(axis=(1, 2)) / safe, (evidence * xx).sum(axis=(1, 2)) / safe], 1)
         out[idx[found]] = centres[found]
     return out
+
+
+def count_objects(frames: np.ndarray, game: str, style: str | Style | None = None, min_alpha: float = 0.3) -> dict[str, np.ndarray]:
+    """How many of each object a frame shows, (N,) int arrays keyed by palette colour name: "ball",
+    "paddle" (the player's) and "other_<k>" (the other colours: Pong's opponent paddle; Breakout's bricks).
+
+    A frame of the real game shows one player paddle, one opponent paddle and at most one ball; a world
+    that doubles a paddle, leaves fragments, or scatters balls shows more. Objects are the 8-connected
+    blobs of pixels labelled with the colour (covered >= `min_alpha`) inside the playfield rows, whose
+    summed coverage reaches a third of the ball's area or an eighth of a paddle's (a paddle can slide
+    under Pong's walls), so a stray dim pixel is not an object. The ball's colour is searched in the ball's rows only (Pong's walls share it).
+    """
+    from scipy import ndimage
+
+    frames = _as_batch(frames)
+    objects = get_game(game)
+    n, h, w, _ = frames.shape
+    scale = (h / RAW_HEIGHT) * (w / RAW_WIDTH)
+    # rows wholly inside the ball's bands (a border row blends the ball's colour with a wall's)
+    ball_rows = _band_mask(h, RAW_HEIGHT, objects.ball_rows, inside=True) & ~_band_mask(h, RAW_HEIGHT, objects.ball_excluded_rows)
+    field_rows = _band_mask(h, RAW_HEIGHT, (objects.paddle_rows,) + objects.ball_rows)
+    # a ball counts from a third of its area; a paddle from an eighth (it slides under Pong's walls)
+    thresholds = {0: objects.ball_size[0] * objects.ball_size[1] * scale / 3.0}
+    names = ["ball", "paddle"] + [f"other_{k}" for k in range(len(objects.palette) - 2)]
+    counts = {name: np.zeros(n, dtype=np.int64) for name in names}
+    structure = np.ones((3, 3), dtype=bool)
+    styles = _styles_for(frames, game, style)
+    for s in dict.fromkeys(styles):
+        idx = np.array([i for i, t in enumerate(styles) if t == s])
+        labels, alpha, distance = _unmix(frames[idx], objects, s)
+        for k, name in enumerate(names):
+            rows = ball_rows if k == 0 else field_rows
+            threshold = thresholds.get(k, objects.paddle_size[0] * objects.paddle_size[1] * scale / 8.0)
+            covered = (labels == k) & (alpha >= min_alpha) & (distance <= _MAX_BLEND_DISTANCE) & rows[None, :, None]
+            for j, i in enumerate(idx):
+                blobs, found = ndimage.label(covered[j], structure=structure)
+                if found:
+                    sums = ndimage.sum(alpha[j], blobs, index=np.arange(1, found + 1))
+                    counts[name][i] = int((np.asarray(sums) >= threshold).sum())
+    return counts
 
 
 def find_ball(frame: np.ndarray, game: str, style: str | Style | None = None) -> tuple[float, float] | None:

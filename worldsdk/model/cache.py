@@ -26,6 +26,9 @@ class KVCache:
     lengths: committed frames held per item (<= capacity_frames).
     total: frames committed per item since its reset (including evicted ones).
     text_keys[l], text_values[l]: (B, text_len, heads, head_dim).
+    recent: the last `context_frames` committed clean latents (B, C, K, h, w), oldest first, and
+    recent_valid (B, K) 1 where a frame was committed; None for a model without context frames
+    (ModelConfig.context_frames). Eviction never touches them: they are always the latest frames.
     """
 
     keys: list[torch.Tensor]
@@ -37,6 +40,8 @@ class KVCache:
     tokens_per_frame: int
     capacity_frames: int
     sink_frames: int
+    recent: torch.Tensor | None = None
+    recent_valid: torch.Tensor | None = None
 
     @staticmethod
     def empty(config: ModelConfig, batch_size: int, sink_frames: int = 1, device=None, dtype=torch.float32) -> "KVCache":
@@ -47,6 +52,8 @@ class KVCache:
         shape = (batch_size, capacity * config.tokens_per_frame, config.num_heads, config.head_dim)
         text_shape = (batch_size, config.text_len, config.num_heads, config.head_dim)
         n = config.num_layers
+        k = config.context_frames
+        recent_shape = (batch_size, config.latent_channels, k, config.latent_height, config.latent_width)
         return KVCache(
             keys=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)],
             values=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)],
@@ -57,6 +64,8 @@ class KVCache:
             tokens_per_frame=config.tokens_per_frame,
             capacity_frames=capacity,
             sink_frames=sink_frames,
+            recent=torch.zeros(recent_shape, device=device, dtype=torch.float32) if k else None,
+            recent_valid=torch.zeros(batch_size, k, device=device, dtype=torch.float32) if k else None,
         )
 
     @property
@@ -110,6 +119,16 @@ class KVCache:
             self.lengths[b] += chunk_frames
             self.total[b] += chunk_frames
 
+    def push_recent(self, latents: torch.Tensor) -> None:
+        """Remember a committed chunk's clean latents (B, C, F, h, w) as the newest context frames."""
+        if self.recent is None:
+            return
+        k = self.recent.shape[2]
+        ones = torch.ones(self.batch_size, latents.shape[2], device=self.recent_valid.device, dtype=self.recent_valid.dtype)
+        # in place, like commit: a split() view of this cache keeps seeing its item's frames
+        self.recent.copy_(torch.cat([self.recent, latents.detach().to(self.recent)], dim=2)[:, :, -k:])
+        self.recent_valid.copy_(torch.cat([self.recent_valid, ones], dim=1)[:, -k:])
+
     def _evict(self, b: int, frames: int) -> None:
         """Drop the `frames` oldest frames after the sink frames of item b, shifting the rest left."""
         t, s, n = self.tokens_per_frame, self.sink_frames, self.lengths[b]
@@ -130,6 +149,9 @@ class KVCache:
         """Forget item `index`'s history (its text K/V stay until replaced)."""
         self.lengths[index] = 0
         self.total[index] = 0
+        if self.recent is not None:
+            self.recent[index] = 0
+            self.recent_valid[index] = 0
 
     # -- batching --------------------------------------------------------------------------------------
     @staticmethod
@@ -139,11 +161,14 @@ class KVCache:
         if any(c.capacity_frames != first.capacity_frames or c.num_layers != first.num_layers for c in caches):
             raise ValueError("caches of different models or windows cannot be stacked")
         cat = lambda attr: [torch.cat([getattr(c, attr)[l] for c in caches]) for l in range(first.num_layers)]  # noqa: E731
+        with_recent = first.recent is not None
         return KVCache(
             keys=cat("keys"), values=cat("values"), text_keys=cat("text_keys"), text_values=cat("text_values"),
             lengths=[n for c in caches for n in c.lengths], total=[n for c in caches for n in c.total],
             tokens_per_frame=first.tokens_per_frame, capacity_frames=first.capacity_frames,
             sink_frames=first.sink_frames,
+            recent=torch.cat([c.recent for c in caches]) if with_recent else None,
+            recent_valid=torch.cat([c.recent_valid for c in caches]) if with_recent else None,
         )
 
     def split(self) -> list["KVCache"]:
@@ -155,9 +180,12 @@ class KVCache:
                 text_keys=pick(self.text_keys, b), text_values=pick(self.text_values, b),
                 lengths=[self.lengths[b]], total=[self.total[b]], tokens_per_frame=self.tokens_per_frame,
                 capacity_frames=self.capacity_frames, sink_frames=self.sink_frames,
+                recent=None if self.recent is None else self.recent[b : b + 1],
+                recent_valid=None if self.recent is None else self.recent_valid[b : b + 1],
             )
             for b in range(self.batch_size)
         ]
 
     def nbytes(self) -> int:
-        return sum(x.numel() * x.element_size() for xs in (self.keys, self.values, self.text_keys, self.text_values) for x in xs)
+        extra = [] if self.recent is None else [self.recent, self.recent_valid]
+        return sum(x.numel() * x.element_size() for xs in (self.keys, self.values, self.text_keys, self.text_values, extra) for x in xs)

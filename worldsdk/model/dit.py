@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from worldsdk.config import ModelConfig
+from worldsdk.diffusion import t_to_sigma
 from worldsdk.model.attention import attention_backend, sdpa_attention
 from worldsdk.model.cache import KVCache
 from worldsdk.model.masks import block_causal_mask, teacher_forcing_mask
@@ -45,6 +46,56 @@ def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale) + shift
+
+
+def clip_context(x: torch.Tensor, frames_per_chunk: int, context_frames: int) -> torch.Tensor:
+    """For every frame of a clip (B, C, F, H, W), the `context_frames` frames before its chunk, stacked
+    on channels, then one presence channel per context frame: (B, K * (C + 1), F, H, W).
+
+    Frames before the clip are missing (zeros, presence 0), as at the start of an episode. The frames
+    of one chunk share their context, as they do when streaming (see `recent_context`).
+    """
+    b, c, f, h, w = x.shape
+    k = context_frames
+    padded = torch.cat([x.new_zeros(b, c, k, h, w), x], dim=2)  # (B, C, K + F, H, W)
+    present = torch.cat([x.new_zeros(k), x.new_ones(f)])
+    starts = torch.arange(f, device=x.device) // frames_per_chunk * frames_per_chunk  # chunk start of each frame
+    index = starts[:, None] + torch.arange(k, device=x.device)[None, :]  # (F, K) in padded frames
+    frames = padded[:, :, index]  # (B, C, F, K, H, W)
+    frames = frames.permute(0, 3, 1, 2, 4, 5).reshape(b, k * c, f, h, w)  # (B, K * C, F, H, W), oldest first
+    flags = present[index].t()[None, :, :, None, None].expand(b, k, f, h, w)  # (B, K, F, H, W)
+    return torch.cat([frames, flags], dim=1)
+
+
+def skip_velocity(x_t: torch.Tensor, sigma: torch.Tensor, reference: torch.Tensor, present: torch.Tensor,
+                  change_std: float) -> torch.Tensor:
+    """E[v | x_t] when x0 ~ N(reference, change_std^2) per element (N(0, 1), the latents' own scale, where
+    no reference frame is present): the linear skip of EDM (Karras et al. 2022, eq. 7) written for
+    rectified flow, x_t = a x0 + sigma eps with a = 1 - sigma.
+
+    E[x0 | x_t] = m + k (x_t - a m) with k = a s^2 / D, D = a^2 s^2 + sigma^2, so
+    v = (x_t - E[x0 | x_t]) / sigma = (sigma - a s^2) / D (x_t - m) - k m: finite at every sigma
+    (-x0 at sigma 0, eps - m at sigma 1). x_t (B, C, F, H, W); sigma, present (B, F); reference
+    (B, C, F, H, W).
+    """
+    x_t, reference = x_t.float(), reference.float()
+    shape = (sigma.shape[0], 1, sigma.shape[1], 1, 1)
+    s = sigma.float().view(shape)
+    p = present.float().view(shape)
+    s2 = p * change_std**2 + (1 - p)  # no reference frame: the unit-variance data prior
+    mean = reference * p
+    a = 1 - s
+    d = a * a * s2 + s * s
+    return (s - a * s2) / d * (x_t - mean) - (a * s2 / d) * mean
+
+
+def recent_context(recent: torch.Tensor, recent_valid: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+    """The streaming twin of `clip_context`: a cache's last clean frames (B, C, K, H, W) and their
+    presence (B, K) -> the context of the next chunk (B, K * (C + 1), chunk_frames, H, W)."""
+    b, c, k, h, w = recent.shape
+    frames = recent.permute(0, 2, 1, 3, 4).reshape(b, k * c, 1, h, w)
+    flags = recent_valid.to(recent)[:, :, None, None, None].expand(b, k, 1, h, w)
+    return torch.cat([frames, flags], dim=1).expand(-1, -1, chunk_frames, -1, -1)
 
 
 class Attention(nn.Module):
@@ -142,6 +193,12 @@ class CausalDiT(nn.Module):
         self.action_embedding = (
             nn.Sequential(nn.Linear(config.action_dim + 1, dim), nn.SiLU(), nn.Linear(dim, dim)) if config.action_dim else None
         )
+        k = config.context_frames
+        if k:  # the previous frames at each token's place, and which frame of its chunk a token is in
+            self.context_embedding = nn.Conv3d(k * (config.latent_channels + 1), dim, kernel_size=config.patch, stride=config.patch)
+            self.chunk_slot = nn.Parameter(torch.zeros(config.frames_per_chunk, dim))
+        else:
+            self.context_embedding, self.chunk_slot = None, None
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.num_layers)])
         self.head = Head(config)
         self.rope = Rope3D(config)
@@ -161,6 +218,9 @@ class CausalDiT(nn.Module):
         nn.init.zeros_(self.head.head.weight)
         if self.action_embedding is not None:  # a new action pathway starts as a no-op (adaLN-zero style)
             nn.init.zeros_(self.action_embedding[-1].weight)
+        if self.context_embedding is not None:  # so does the context pathway
+            nn.init.zeros_(self.context_embedding.weight)
+            nn.init.zeros_(self.context_embedding.bias)
 
     # -- inference set-up ---------------------------------------------------------------------------
     FP32_MODULES = ("time_embedding", "time_projection", "action_embedding", "rope")
@@ -209,6 +269,35 @@ class CausalDiT(nn.Module):
         """(B, C, F, H, W) -> tokens (B, F * T, dim), frame-major."""
         return self.patch_embedding(x.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
 
+    def _embed(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """Tokens of latents (B, C, F, H, W) whose frames start at a chunk boundary, plus their context
+        frames (B, K * (C + 1), F, H, W) when the model has them. -> (B, F * T, dim)."""
+        h = self._patchify(x)
+        if self.context_embedding is None:
+            return h
+        f, fc = x.shape[2], self.config.frames_per_chunk
+        dtype = self.patch_embedding.weight.dtype
+        h = h + self.context_embedding(context.to(dtype)).flatten(2).transpose(1, 2)
+        slot = self.chunk_slot[torch.arange(f, device=x.device) % fc].to(dtype)  # (F, dim)
+        return h + slot.repeat_interleave(self.config.tokens_per_frame, dim=0)
+
+    def _output(self, h: torch.Tensor, e: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
+                context: torch.Tensor | None) -> torch.Tensor:
+        """The head's v for tokens h of latents x (B, C, F, H, W) at timesteps t, plus the skip around
+        the last context frame when the model has one (`skip_velocity`)."""
+        v = self._unpatchify(self.head(h, e), x.shape[2])
+        if not self.config.context_skip:
+            return v
+        c, k = self.config.latent_channels, self.config.context_frames
+        reference = context[:, (k - 1) * c : k * c]  # the newest context frame, (B, C, F, H, W)
+        present = context[:, k * c + k - 1, :, 0, 0]  # its presence flag, (B, F)
+        prior = skip_velocity(x, t_to_sigma(t), reference, present, self.config.context_skip)
+        return (v.float() + prior).to(v.dtype)
+
+    def _clip_context(self, x: torch.Tensor) -> torch.Tensor | None:
+        cfg = self.config
+        return clip_context(x.float(), cfg.frames_per_chunk, cfg.context_frames) if cfg.context_frames else None
+
     def _unpatchify(self, tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
         """(B, F * T, C * ph * pw) -> (B, C, F, H, W), Wan's (p, q, r, c) channel order."""
         c = self.config.latent_channels
@@ -236,10 +325,11 @@ class CausalDiT(nn.Module):
         e, e0 = self._conditioning(t, actions)
         rope = self.rope(torch.arange(f, device=x.device).expand(b, -1))
         text_kv = self.embed_text(text)
-        h = self._patchify(x)
+        context = self._clip_context(x)  # causal and full attention see the input's own frames
+        h = self._embed(x, context)
         for block, kv in zip(self.blocks, text_kv):
             h, _, _ = block(h, e0, rope, rope, mask, kv)
-        return self._unpatchify(self.head(h, e), f)
+        return self._output(h, e, x, t, context)
 
     # -- whole-clip entry points -----------------------------------------------------------------------
     def forward_bidirectional(self, x, t, text, actions=None) -> torch.Tensor:
@@ -269,11 +359,12 @@ class CausalDiT(nn.Module):
         rope = self.rope(torch.cat([positions, positions]).expand(b, -1))  # both copies share positions
         mask = teacher_forcing_mask(f, cfg.frames_per_chunk, cfg.tokens_per_frame, noisy.device)
         text_kv = self.embed_text(text)
-        h = torch.cat([self._patchify(clean), self._patchify(noisy)], dim=1)  # (B, 2 F T, dim)
+        context = self._clip_context(clean)  # both copies see the clean frames before their chunk
+        h = torch.cat([self._embed(clean, context), self._embed(noisy, context)], dim=1)  # (B, 2 F T, dim)
         for block, kv in zip(self.blocks, text_kv):
             h, _, _ = block(h, e0, rope, rope, mask, kv)
         half = f * cfg.tokens_per_frame
-        return self._unpatchify(self.head(h[:, half:], e[:, f:]), f)
+        return self._output(h[:, half:], e[:, f:], noisy, t, context)
 
     # -- streaming entry points --------------------------------------------------------------------------
     def _stream(self, x, t, actions, cache: KVCache, with_head: bool):
@@ -285,14 +376,19 @@ class CausalDiT(nn.Module):
         query_pos, key_pos = cache.positions(f)
         rope_q, rope_k = self.rope(query_pos), self.rope(key_pos)
         mask = cache.key_mask(f)
-        h = self._patchify(x)
+        context = None
+        if self.config.context_frames:
+            if cache.recent is None:
+                raise ValueError("this model reads context frames: make its cache with KVCache.empty(model.config, ...)")
+            context = recent_context(cache.recent, cache.recent_valid, f)
+        h = self._embed(x, context)
         new_k, new_v = [], []
         for layer, block in enumerate(self.blocks):
             text_kv = (cache.text_keys[layer], cache.text_values[layer])
             h, k, v = block(h, e0, rope_q, rope_k, mask, text_kv, cache.history(layer))
             new_k.append(k)
             new_v.append(v)
-        out = self._unpatchify(self.head(h, e), f) if with_head else None
+        out = self._output(h, e, x, t, context) if with_head else None
         return out, new_k, new_v
 
     def denoise_chunk(self, x, t, actions, cache: KVCache) -> torch.Tensor:
@@ -300,9 +396,11 @@ class CausalDiT(nn.Module):
         return self._stream(x, t, actions, cache, with_head=True)[0]
 
     def commit_chunk(self, x, t, actions, cache: KVCache) -> None:
-        """Run a chunk (clean in inference, t = 0) and append its K/V to the cache."""
+        """Run a chunk (clean in inference, t = 0) and append its K/V (and, for a model with context
+        frames, its latents) to the cache."""
         _, new_k, new_v = self._stream(x, t, actions, cache, with_head=False)
         cache.commit(new_k, new_v)
+        cache.push_recent(x)
 
     def set_prompt(self, cache: KVCache, index: int, text: torch.Tensor) -> None:
         """Write the cross-attention K/V of text features (1, Lt, text_dim) into cache item `index`."""
