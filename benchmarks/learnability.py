@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 from worldsdk import World
+from worldsdk.data.store import EpisodeStore
+from worldsdk.evaluation import opposite_actions
 from worldsdk.probe import PROBE_SIGMAS, load_clips, probe
 
 
@@ -41,20 +43,25 @@ def main() -> int:
     sigmas = [float(s) for s in args.sigmas.split(",")]
     lines = ["| world | sigma | ball within 4 px | ball false pos. | paddle error (px) | paddle within 2 px |",
              "|---|---|---|---|---|---|"]
+    meta = EpisodeStore(args.data).meta()
+    keys = opposite_actions(meta.action_meanings, meta.game) if meta.action_meanings else None
     results = {}
+    key_lines = ["", "| world | keys from history: paddle ends on the commanded side | separation (px) |", "|---|---|---|"]
     for name in args.worlds.split(","):
         world = World.load(name)
         clips = load_clips(args.data, world.model.config.latent_frames_max * world.autoencoder.config.temporal_stride,
                            args.clips_per_episode)
         started = time.perf_counter()
-        r = probe(world, clips, sigmas, radius=args.radius)
+        r = probe(world, clips, sigmas, radius=args.radius, actions=keys)
         r["seconds"] = time.perf_counter() - started
         r["clips"] = len(clips.frames)
         results[name] = r
         for key, scores in r.items():
-            if isinstance(scores, dict):
+            if isinstance(scores, dict) and key != "keys":
                 lines.append(row(name, key, scores))
-    print("\n".join(lines))
+        if "keys" in r:
+            key_lines.append(f"| {name} | {r['keys']['pass_rate']:.0%} | {r['keys']['separation_px']:.2f} |")
+    print("\n".join(lines + key_lines))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

@@ -55,3 +55,104 @@ def test_eval_command_writes_json_markdown_and_plot(recorded):
     assert 0.0 <= results["action_following"]["real"] <= 1.0
     assert results["motion"]["real"] >= 0 and results["cost"]["model_calls_per_frame"] == 2.5
     assert (out / "eval.md").read_text().startswith("# Evaluation") and (out / "eval.png").stat().st_size > 0
+
+
+# -- the opposite-keys test, object counts, fresh recordings ------------------------------------------
+
+PONG_BACKGROUND, PONG_PADDLE = (144, 72, 17), (92, 186, 92)
+
+
+class KeyFollowingRollout:
+    """A stand-in world that moves a drawn paddle 3 px per chunk the way each Pong key commands (a
+    world that follows its keys), or not at all when `follow` is False (a world that ignores them)."""
+
+    def __init__(self, follow: bool):
+        self.row, self.follow = 30, follow
+
+    def step(self, frame_actions):
+        meaning = ("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE")[frame_actions[0]]
+        if self.follow:
+            self.row += 3 * commanded_direction(meaning, "pong")
+        frames = np.zeros((2, 64, 64, 3), np.uint8)
+        frames[:] = PONG_BACKGROUND
+        frames[:, self.row : self.row + 5, 56:58] = PONG_PADDLE
+        return frames
+
+
+class FakeSampler:
+    def __init__(self, follow: bool):
+        self.follow = follow
+
+    def resolve(self, world):
+        return self
+
+    def start(self, world, prompt, seed, context):
+        assert context.shape[1:] == (64, 64, 3) and len(context) == world.model.config.latent_frames_max - 2
+        return KeyFollowingRollout(self.follow)
+
+
+def test_opposite_keys_test_passes_a_world_that_follows_keys_and_fails_one_that_ignores_them():
+    from worldsdk.evaluation import action_test, opposite_actions
+
+    assert opposite_actions(("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"), "pong") == (2, 3)
+    world = World.from_preset("small")  # only its shapes are used by the fake samplers
+    follows = action_test(world, "ALE/Pong-v5", trials=3, chunks=6, sampler=FakeSampler(True))
+    ignores = action_test(world, "ALE/Pong-v5", trials=3, chunks=6, sampler=FakeSampler(False))
+    # the real game, restored to the same moments, moves its paddle wall to wall under held keys
+    assert follows["real_pass_rate"] == 1.0 and follows["real_separation_px"] > 30
+    assert follows["world_pass_rate"] == 1.0 and follows["world_separation_px"] == pytest.approx(36.0, abs=0.5)
+    assert 0.5 < follows["distance_ratio"] < 1.5
+    assert ignores["world_pass_rate"] == 0.0 and ignores["world_separation_px"] == 0.0
+
+
+def test_opposite_keys_test_fails_an_untrained_world():
+    from worldsdk.evaluation import action_test
+
+    result = action_test(World.from_preset("small"), "ALE/Pong-v5", trials=2, chunks=3)
+    assert result["world_pass_rate"] == 0.0 and result["real_pass_rate"] == 1.0
+
+
+def test_object_counts_on_real_frames_and_on_doubled_or_scattered_objects():
+    from worldsdk.data.objects import count_objects
+    from worldsdk.data.recorder import record
+    from worldsdk.data.store import EpisodeStore
+    from worldsdk.evaluation import object_rates
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as root:
+        record("ALE/Pong-v5", root, episodes=1, policy="scripted", max_steps=120, seed=3, styles=("classic",))
+        store = EpisodeStore(root)
+        frames = store.read(store.records()[0]).frames[20:]
+    real = object_rates(frames, "pong")
+    assert real["no_doubled_objects"] >= 0.95 and real["player_paddle_present"] >= 0.95
+    doubled = frames.copy()
+    doubled[:, 10:15, 56:58] = PONG_PADDLE  # a second player paddle
+    doubled[:, 45:47, 30:31] = (236, 236, 236)  # and a second ball
+    counts = count_objects(doubled, "pong", "classic")
+    assert (counts["paddle"] >= 2).mean() > 0.9
+    assert object_rates(doubled, "pong")["no_doubled_objects"] < 0.1
+    blank = np.zeros_like(frames)
+    blank[:] = PONG_BACKGROUND
+    assert object_rates(blank, "pong")["player_paddle_present"] == 0.0
+
+
+def test_eval_works_on_a_fresh_recording_of_a_few_episodes(tmp_path):
+    from worldsdk.data.recorder import record
+    from worldsdk.data.store import EpisodeStore
+    from worldsdk.evaluation import evaluation_episodes
+
+    record("ALE/Pong-v5", tmp_path / "fresh", episodes=2, policy="random", size=(32, 32), max_steps=40, seed=11)
+    store = EpisodeStore(tmp_path / "fresh")
+    assert evaluation_episodes(store, "auto")[1] == "all"
+    with pytest.raises(ValueError, match="--split all"):
+        evaluation_episodes(store, "test")
+    world = World.from_preset("tiny").save(tmp_path / "tiny.safetensors")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "worldsdk.cli", "eval", "--world", str(world), "--data", str(tmp_path / "fresh"),
+           "--episodes", "2", "--starts", "1", "--horizon", "16", "--long-steps", "5", "--action-trials", "1", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((out / "eval.json").read_text())
+    assert results["split"] == "all" and results["test_episodes"] == 2
+    assert results["action_test"]["world_pass_rate"] == 0.0  # the untrained tiny world ignores its keys

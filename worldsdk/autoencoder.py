@@ -82,6 +82,7 @@ AUTOENCODER_PRESETS = {
     # 128 channels and the unfolded 64-channel stride-4 network at equal CPU time (docs/training.md).
     "small": AutoencoderConfig(latent_channels=8, base_channels=64, num_down=0, patch_size=4, mid_blocks=3),
 }
+AUTOENCODER_PRESETS["small-ctx"] = AUTOENCODER_PRESETS["small"]  # the same frames, the same autoencoder
 
 
 class ResBlock(nn.Module):

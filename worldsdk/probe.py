@@ -105,9 +105,11 @@ def object_scores(real: np.ndarray, generated: np.ndarray, styles: list[str], ga
 
 
 @torch.no_grad()
-def predict_next_chunks(world, clips: ProbeClips, sigma: float, seed: int = 0, batch: int = 16) -> np.ndarray:
+def predict_next_chunks(world, clips: ProbeClips, sigma: float, seed: int = 0, batch: int = 16,
+                        last_chunk_action: int | None = None) -> np.ndarray:
     """x0 of every chunk of every clip, noised to `sigma`, with the real clean frames before it as
-    history, decoded: uint8 (N, F, H, W, 3)."""
+    history, decoded: uint8 (N, F, H, W, 3). `last_chunk_action` replaces the real actions of each
+    clip's last chunk (whose prediction nothing else reads)."""
     model, codec = world.model, world.codec
     out = []
     g = torch.Generator().manual_seed(seed)
@@ -116,7 +118,8 @@ def predict_next_chunks(world, clips: ProbeClips, sigma: float, seed: int = 0, b
         x0 = torch.cat([codec.encode_video(clip) for clip in frames])  # (B, C, F, h, w)
         b, _, f = x0.shape[:3]
         fc = model.config.frames_per_chunk
-        per_chunk = [[int(x) for x in a[s : s + fc]] for a in clips.actions[i : i + batch] for s in range(0, f, fc)]
+        per_chunk = [[int(x) if last_chunk_action is None or s + fc < f else last_chunk_action for x in a[s : s + fc]]
+                     for a in clips.actions[i : i + batch] for s in range(0, f, fc)]
         features = world.frame_action_features(per_chunk)
         features = None if features is None else features.reshape(b, f, -1)
         text = world.text_encoder.encode(list(clips.prompts[i : i + batch]))
@@ -129,8 +132,10 @@ def predict_next_chunks(world, clips: ProbeClips, sigma: float, seed: int = 0, b
     return np.stack(out)
 
 
-def probe(world, clips: ProbeClips, sigmas=PROBE_SIGMAS, seed: int = 0, radius: float = 4.0) -> dict:
-    """The probe's scores at each sigma, on every chunk after each clip's first, with its two controls."""
+def probe(world, clips: ProbeClips, sigmas=PROBE_SIGMAS, seed: int = 0, radius: float = 4.0,
+          actions: tuple[int, int] | None = None) -> dict:
+    """The probe's scores at each sigma, on every chunk after each clip's first, with its two controls,
+    and with `actions` (up, down) the keys' effect from history (`key_effect`)."""
     chunk = world.chunk_frames
     real = clips.frames[:, chunk:]
     styles = [s for clip in clips.styles for s in clip[chunk:]]
@@ -147,4 +152,27 @@ def probe(world, clips: ProbeClips, sigmas=PROBE_SIGMAS, seed: int = 0, radius: 
     starts = np.arange(chunk, clips.frames.shape[1]) // chunk * chunk - 1
     repeat = clips.frames[:, starts]
     results["repeat_last_frame"] = object_scores(flat(real), flat(repeat), styles, clips.game, radius)
+    if actions is not None:
+        results["keys"] = key_effect(world, clips, actions, seed)
     return results
+
+
+def key_effect(world, clips: ProbeClips, actions: tuple[int, int], seed: int = 0, min_separation: float = 1.0) -> dict:
+    """From history alone (sigma 1), the last chunk predicted under the first key and under the second
+    (up / down): how far the player's paddle ends apart along the commanded direction. A world that
+    ignores its keys predicts the same frames for both (same noise): separation 0, no pass."""
+    from worldsdk.data.objects import find_paddles, get_game
+
+    axis = get_game(clips.game).paddle_axis
+    ends = []
+    for action in actions:
+        frames = predict_next_chunks(world, clips, 1.0, seed, last_chunk_action=action)[:, -1]
+        styles = np.asarray([clip[-1] for clip in clips.styles])
+        rows = np.full(len(frames), np.nan)
+        for style in dict.fromkeys(styles.tolist()):
+            idx = np.flatnonzero(styles == style)
+            rows[idx] = find_paddles(frames[idx], clips.game, style, min_fraction=1 / 8)[:, axis]
+        ends.append(rows)
+    separation = ends[1] - ends[0]
+    return {"pass_rate": float(np.mean(np.nan_to_num(separation, nan=-np.inf) >= min_separation)),
+            "separation_px": float(np.nanmean(separation)) if np.isfinite(separation).any() else float("nan")}

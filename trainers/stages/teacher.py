@@ -44,8 +44,10 @@ class TeacherStageConfig:
     foreground_weight: float = 4.0
     timestep_shift: float = 0.0  # 0: the preset's (or the initial world's) schedule; else written into the world's
     ema_decay: float = 0.999
+    # Held at 1e-3: a teacher learns to use its history in a sudden transition, which a decayed rate
+    # postpones past the end of a CPU budget (docs/worlds.md, "Why the first teacher ignored its history").
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
-        lr=3e-4, betas=(0.9, 0.99), weight_decay=0.01, grad_clip=1.0, warmup_steps=200, decay="cosine", min_lr_ratio=0.1))
+        lr=1e-3, betas=(0.9, 0.99), weight_decay=0.01, grad_clip=1.0, warmup_steps=100, decay="constant", min_lr_ratio=0.1))
 
 
 class TeacherStage(Stage):
