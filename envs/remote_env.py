@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.world_env import NO_REWARD_NOTE, START_MODES
+from .world_env import NO_REWARD_NOTE, START_MODES
 from worldsdk.bridge import Client
 
 

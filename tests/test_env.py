@@ -77,3 +77,60 @@ def test_vector_entry_point_steps_in_one_batch():
         truncs.append(truncated.tolist())
     assert truncs[1] == [True] * 4 and truncs[2] == [False] * 4  # truncated, then autoreset on the next step
     assert obs.shape == (4, 2, 32, 32, 3)
+
+
+@pytest.mark.parametrize("frames, shape", [("chunk", (2, 32, 32, 3)), ("last", (32, 32, 3)), ("stack", (32, 32, 6))])
+def test_frames_argument_shapes_the_observation(frames, shape):
+    env = make_env(frames=frames)
+    check_env(env.unwrapped)
+    assert env.observation_space.shape == shape
+    context = np.stack([np.full((32, 32, 3), v, dtype=np.uint8) for v in (10, 20, 30, 40)])
+    obs, _ = env.reset(seed=0, options={"context": context})
+    expected = {"chunk": context[-2:], "last": context[-1],
+                "stack": np.concatenate([context[-2], context[-1]], axis=-1)}[frames]  # oldest frame first
+    assert obs.shape == shape and np.array_equal(obs, expected)
+    obs, *_ = env.step(1)
+    assert obs.shape == shape and obs.dtype == np.uint8
+
+
+def test_frames_argument_rejects_unknown_modes():
+    with pytest.raises(ValueError, match="frames must be one of"):
+        make_env(frames="rgb")
+
+
+def test_vector_info_has_the_single_env_keys_with_masks():
+    world = World.from_preset("tiny")
+    perturb_(world.model)
+    single = gymnasium.make("worldsdk/World-v0", world=world)
+    _, reset_info = single.reset(seed=0)
+    _, _, _, _, step_info = single.step(0)
+    envs = gymnasium.make_vec("worldsdk/World-v0", num_envs=3, vectorization_mode="vector_entry_point", world=world,
+                              max_episode_steps=2, frames="last")
+    obs, info = envs.reset(seed=0)
+    assert obs.shape == (3, 32, 32, 3)
+    assert set(info) == set(reset_info) | {f"_{k}" for k in reset_info}
+    assert list(info["prompt"]) == [reset_info["prompt"]] * 3 and info["_prompt"].all()
+    _, _, _, _, info = envs.step(np.zeros(3, dtype=np.int64))
+    assert set(info) == set(step_info) | {f"_{k}" for k in step_info}
+    assert info["step"].tolist() == [step_info["step"]] * 3 and info["reward_predicted"].tolist() == [False] * 3
+    envs.step(np.zeros(3, dtype=np.int64))  # truncates every env
+    _, _, _, _, info = envs.step(np.zeros(3, dtype=np.int64))  # next-step autoreset: the reset info
+    assert info["_prompt"].all() and info["start"].tolist() == ["prompt"] * 3
+    assert "step" not in info or not info["_step"].any()
+
+
+def test_vector_same_step_autoreset_reports_the_final_observation():
+    world = World.from_preset("tiny")
+    perturb_(world.model)
+    envs = gymnasium.make_vec("worldsdk/World-v0", num_envs=2, vectorization_mode="vector_entry_point", world=world,
+                              max_episode_steps=2, autoreset_mode="same_step")
+    envs.reset(seed=0)
+    _, _, _, truncated, info = envs.step(np.zeros(2, dtype=np.int64))
+    first_step = info["step"].tolist()
+    assert not truncated.any() and "final_obs" not in info
+    obs, _, _, truncated, info = envs.step(np.ones(2, dtype=np.int64))
+    assert truncated.all() and info["_final_obs"].all() and info["_prompt"].all()
+    assert info["final_obs"][0].shape == (2, 32, 32, 3) and not np.array_equal(info["final_obs"][0], obs[0])
+    assert info["final_info"]["step"].tolist() == [s + 1 for s in first_step]
+    _, _, _, truncated, info = envs.step(np.zeros(2, dtype=np.int64))
+    assert not truncated.any() and info["step"].tolist() == first_step  # the new episode's first step

@@ -4,7 +4,7 @@ A stage subclasses `Stage` and returns its modules, data set and a schedule of `
 does the rest. See docs/training.md.
 """
 
-from trainers.loop import LoopConfig, TrainResult, train
-from trainers.stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
+from .loop import LoopConfig, TrainResult, train
+from .stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
 
 __all__ = ["LoopConfig", "ModelChoice", "OptimizerConfig", "RunContext", "Stage", "TrainResult", "Update", "train"]

@@ -17,17 +17,17 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping
 
-from trainers.loop import LoopConfig, TrainResult, train
-from trainers.stage import ModelChoice, Stage
+from .loop import LoopConfig, TrainResult, train
+from .stage import ModelChoice, Stage
 
-# stage name -> "module:Class"; the class names its config dataclass in `config_class`.
+# stage name -> "module:Class" (module relative to this package); the class names its config dataclass in `config_class`.
 STAGES: dict[str, str] = {
-    "autoencoder": "trainers.stages.autoencoder:AutoencoderStage",
-    "teacher": "trainers.stages.teacher:TeacherStage",
-    "ode": "trainers.stages.ode:OdeStage",
-    "cd": "trainers.stages.cd:CdStage",
-    "dmd": "trainers.stages.dmd:DmdStage",
-    "reward": "trainers.stages.reward:RewardStage",
+    "autoencoder": ".stages.autoencoder:AutoencoderStage",
+    "teacher": ".stages.teacher:TeacherStage",
+    "ode": ".stages.ode:OdeStage",
+    "cd": ".stages.cd:CdStage",
+    "dmd": ".stages.dmd:DmdStage",
+    "reward": ".stages.reward:RewardStage",
 }
 
 
@@ -35,7 +35,8 @@ def stage_class(name: str) -> type[Stage]:
     if name not in STAGES:
         raise KeyError(f"unknown stage {name!r}; choose one of {sorted(STAGES)}")
     module_name, class_name = STAGES[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    # Relative to this package: it is `trainers` in a source checkout and `worldsdk.trainers` when installed.
+    return getattr(importlib.import_module(module_name, __package__), class_name)
 
 
 def build_dataclass(cls: type, data: Mapping[str, Any] | None, where: str) -> Any:

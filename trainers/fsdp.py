@@ -49,7 +49,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-from trainers.ema import EMA
+from .ema import EMA
 from worldsdk.model import CausalDiT
 
 log = logging.getLogger(__name__)

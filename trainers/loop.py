@@ -29,12 +29,12 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from trainers import distributed
-from trainers import fsdp as fsdp_lib
-from trainers.batches import BatchStream
-from trainers.ema import EMA
-from trainers.logger import RunLogger
-from trainers.stage import RunContext, Stage, Update
+from . import distributed
+from . import fsdp as fsdp_lib
+from .batches import BatchStream
+from .ema import EMA
+from .logger import RunLogger
+from .stage import RunContext, Stage, Update
 from worldsdk.train_checkpoint import (
     CheckpointError, TrainState, capture_rng, load_sharded_tensors, load_sharded_train_state, load_train_state, restore_rng,
     save_sharded_train_state, save_train_state,

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainers.app import run
+from .app import run
 
 log = logging.getLogger("trainers.recipe")
 

@@ -24,9 +24,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from trainers.media import image_grid, save_image
-from trainers.stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
-from trainers.stages.frames import FrameSet, ball_recall, evenly_spaced, open_frame_sets
+from ..media import image_grid, save_image
+from ..stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
+from .frames import FrameSet, ball_recall, evenly_spaced, open_frame_sets
 from worldsdk.autoencoder import (
     AUTOENCODER_PRESETS,
     FrameAutoencoder,

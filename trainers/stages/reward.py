@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch.utils.data import Dataset
 
-from trainers.stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
-from trainers.stages import worlds
+from ..stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
+from . import worlds
 from worldsdk.autoencoder import FrameAutoencoder
 from worldsdk.data.datasets import collate_clips
 from worldsdk.data.latents import LatentClipDataset, autoencoder_fingerprint
