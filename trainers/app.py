@@ -90,21 +90,70 @@ def run(config: Mapping[str, Any]) -> TrainResult:
     return train(lambda ctx: cls(stage_config, model, ctx), loop, Path(config["run_dir"]), config=record)
 
 
-def _hydra_main() -> None:
+PROGRAM = "worldsdk-train"
+
+
+def _config_user_errors() -> tuple[type[BaseException], ...]:
+    from worldsdk.errors import user_error_types
+
+    # ValueError / KeyError: build_dataclass and stage_class name the bad key or value.
+    return (*user_error_types(), ValueError, KeyError)
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Compose the config with the command line's overrides, so a wrong key fails in one line before
+    Hydra sets up a run (Hydra's own report spans several lines and points at HYDRA_FULL_ERROR)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from worldsdk.errors import UserError, one_line
+
+    ours = [o for o in overrides if not o.startswith(("-", "hydra.", "hydra/", "+hydra", "~hydra"))]
+    try:
+        with initialize_config_dir(config_dir=str(Path(__file__).parent / "conf"), version_base="1.3"):
+            compose(config_name="config", overrides=ours)
+    except (HydraException, OmegaConfBaseException) as err:
+        message = one_line(err).split(" Config search path:")[0]
+        if err.__cause__ is not None:  # "Key 'foo' is not in struct" lives in the cause
+            message += " (" + one_line(err.__cause__).split(" full_key:")[0] + ")"
+        raise UserError(message) from err
+
+
+def _hydra_main(debug: bool) -> None:
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
+    from worldsdk.errors import one_line
+
     @hydra.main(config_path="conf", config_name="config", version_base="1.3")
     def entry(cfg: DictConfig) -> None:
-        run(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+        try:
+            result = run(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+        except _config_user_errors() as err:
+            if debug:
+                raise
+            print(f"{PROGRAM}: error: {one_line(err)}", file=sys.stderr)
+            sys.exit(2)  # SystemExit passes through Hydra's own error report
+        if result.interrupted:
+            sys.exit(130)
 
     entry()
 
 
 def main() -> None:
+    """`worldsdk-train`: user errors print one line and exit 2; `--debug` (or HYDRA_FULL_ERROR=1) shows tracebacks."""
+    debug = "--debug" in sys.argv or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    sys.argv = [a for a in sys.argv if a != "--debug"]
     if int(os.environ.get("RANK", "0")) > 0:  # torchrun: one Hydra output folder, rank 0's
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled", "hydra.run.dir=."]
-    _hydra_main()
+    if not any(a.startswith("-") for a in sys.argv[1:]):  # --help, --cfg, -m ...: Hydra's own flags run as they are
+        from worldsdk.errors import run_reporting_errors
+
+        code = run_reporting_errors(lambda: check_overrides(sys.argv[1:]) or 0, PROGRAM, debug)
+        if code:
+            sys.exit(code)
+    _hydra_main(debug)
 
 
 if __name__ == "__main__":

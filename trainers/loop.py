@@ -19,6 +19,8 @@ import contextlib
 import logging
 import re
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,8 +77,11 @@ class TrainResult:
     step: int
     run_dir: Path
     checkpoint: Path | None
-    finished: bool  # reached max_steps (else stopped by the time limit)
+    finished: bool  # reached max_steps (else stopped by the time limit or Ctrl-C)
     metrics: dict = field(default_factory=dict)  # the stage's final metrics (rank 0)
+    interrupted: bool = False  # stopped by Ctrl-C (SIGINT), with a checkpoint to resume from
+
+RESUME_HINT = "resume with the same command"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,6 +219,29 @@ class _LogAccumulator:
         return dict(zip(keys, values))
 
 
+class _SigintFlag:
+    """Turns the first Ctrl-C into a flag the loop reads between iterations (a KeyboardInterrupt in
+    the middle of an optimiser step or a collective would leave nothing consistent to save); a
+    second Ctrl-C interrupts at once. Installed only in the main thread, where Python allows it."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.raised:
+            raise KeyboardInterrupt
+        self.raised = True
+        log.warning("Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again to stop now, without one)")
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 # ----------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------
@@ -312,19 +340,38 @@ class _Trainer:
         return {name: self.ema[name].module if name in self.ema else module for name, module in self.modules.items()}
 
     # -- checkpoints -----------------------------------------------------------------------------
+    def _read_newest_checkpoint(self) -> tuple[Path, TrainState] | None:
+        """The newest readable checkpoint; one cut short (a full disk, a kill during a copy) is skipped with a warning."""
+        paths = [Path(p) for p in distributed.broadcast_object([str(p) for _, p in list_checkpoints(self.run_dir)])]
+        first_error: CheckpointError | None = None
+        for path in reversed(paths):
+            written_sharded = path.is_dir()
+            if written_sharded != (self.sharded is not None):
+                raise CheckpointError(
+                    f"checkpoint {path} was written with loop.strategy={'fsdp' if written_sharded else 'ddp'}; this run has "
+                    f"loop.strategy={self.loop.strategy}: resume it with the strategy that wrote it, or start a new run_dir"
+                )
+            try:
+                state = load_sharded_train_state(path) if written_sharded else load_train_state(path, device=self.device)
+            except CheckpointError as err:
+                first_error = first_error or err
+                if self.dist.is_main:
+                    log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, err)
+                continue
+            if first_error is not None and self.dist.is_main:
+                log.warning("resuming from %s, the newest valid checkpoint, instead of the unreadable %s", path, paths[-1])
+            return path, state
+        if first_error is not None:
+            raise CheckpointError(f"no readable checkpoint in {self.run_dir / 'checkpoints'}: {first_error}") from first_error
+        return None
+
     def resume(self) -> None:
-        path = distributed.broadcast_object(str(latest_checkpoint(self.run_dir) or ""))
-        if not path:
+        found = self._read_newest_checkpoint()
+        if found is None:
             seed_everything(rank_seed(self.loop.seed, self.dist.rank))
             return
-        path = Path(path)
+        path, state = found
         written_sharded = path.is_dir()
-        if written_sharded != (self.sharded is not None):
-            raise CheckpointError(
-                f"checkpoint {path} was written with loop.strategy={'fsdp' if written_sharded else 'ddp'}; this run has "
-                f"loop.strategy={self.loop.strategy}: resume it with the strategy that wrote it, or start a new run_dir"
-            )
-        state = load_sharded_train_state(path) if written_sharded else load_train_state(path, device=self.device)
         differences = _config_differences(state.config, self.config)
         if differences and self.dist.is_main:
             log.warning("resuming %s with a changed config:\n  %s", path, "\n  ".join(differences))
@@ -469,9 +516,10 @@ class _Trainer:
         started = process_start  # start of the span not yet added to train_seconds
         interval_start, interval_steps = time.time(), 0
         bar = tqdm(total=loop.max_steps, initial=self.step, disable=not (is_main and loop.progress), dynamic_ncols=True, desc=self.stage.name)
-        stopped_early = False
+        stopped_early = interrupted = False
         for m in self.modules.values():
             m.train()
+        sigint = _SigintFlag()
         try:
             while self.step < loop.max_steps:
                 for update in self.updates:
@@ -496,17 +544,25 @@ class _Trainer:
                 out_of_time = False
                 if loop.time_limit_minutes > 0:
                     out_of_time = distributed.broadcast_object(time.time() - process_start > 60 * loop.time_limit_minutes)
-                if self.step % loop.checkpoint_every == 0 or self.step == loop.max_steps or out_of_time:
+                # Ctrl-C is only acted on here, between iterations, where every rank can checkpoint together.
+                interrupted = distributed.broadcast_object(sigint.raised) if self.dist.world_size > 1 else sigint.raised
+                if self.step % loop.checkpoint_every == 0 or self.step == loop.max_steps or out_of_time or interrupted:
                     self.train_seconds += time.time() - started  # stored in the checkpoint
                     self.save_checkpoint()
                     started = time.time()
                 if on_step is not None:
                     on_step(self.step, scalars)
+                if interrupted:
+                    if is_main:
+                        log.warning("interrupted at step %d; checkpoint %s saved: %s", self.step, self.last_checkpoint, RESUME_HINT)
+                    stopped_early = True
+                    break
                 if out_of_time:
                     log.info("time limit of %.1f minutes reached at step %d; resume with the same run_dir", loop.time_limit_minutes, self.step)
                     stopped_early = True
                     break
         finally:
+            sigint.restore()
             bar.close()
         self.train_seconds += time.time() - started
         metrics: dict = {}
@@ -524,7 +580,8 @@ class _Trainer:
         logger.close()
         if is_main and any(f != fingerprints[0] for f in fingerprints):
             log.error("replicas disagree on the weights: %s", fingerprints)
-        return TrainResult(step=self.step, run_dir=self.run_dir, checkpoint=self.last_checkpoint, finished=not stopped_early, metrics=metrics)
+        return TrainResult(step=self.step, run_dir=self.run_dir, checkpoint=self.last_checkpoint, finished=not stopped_early,
+                           metrics=metrics, interrupted=interrupted)
 
     def _evaluate(self, logger: RunLogger) -> dict[str, float]:
         metrics = self._hook(lambda w: self.stage.evaluate(self.step, w), needed=_overrides(self.stage, "evaluate")) or {}

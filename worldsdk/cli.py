@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="worldsdk", description="Interactive world models: play, serve, record, evaluate.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors (else one line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
@@ -44,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from worldsdk.errors import run_reporting_errors
+
     module = importlib.import_module(SUBCOMMANDS[args.command][0])
-    return int(module.main(args) or 0)
+    return run_reporting_errors(lambda: int(module.main(args) or 0), f"worldsdk {args.command}", args.debug)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,17 @@ class CorruptShardError(RuntimeError):
     """A shard that cannot be read back as written (names the file)."""
 
 
+class DatasetError(ValueError):
+    """A dataset's meta.json or index.json that cannot be read (names the file)."""
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path} is corrupt ({what} is not valid JSON: {err}); restore it or record the dataset again") from err
+
+
 @dataclass(frozen=True)
 class DatasetMeta:
     """What every episode of a dataset shares; written once, checked on every append."""
@@ -262,14 +273,20 @@ class EpisodeStore:
     def meta(self) -> DatasetMeta:
         if not self.exists():
             raise FileNotFoundError(f"{self.root} is not a worldsdk dataset (no {META_FILE}); record one with `worldsdk record`")
-        return DatasetMeta.from_dict(json.loads(self.meta_path.read_text()))
+        try:
+            return DatasetMeta.from_dict(_read_json(self.meta_path, "the dataset description"))
+        except (KeyError, TypeError) as err:
+            raise DatasetError(f"{self.meta_path} is corrupt (missing or wrong field {err})") from err
 
     def records(self) -> list[EpisodeRecord]:
         """Every episode in the index, in id order, without checking the shards."""
         if not self.index_path.is_file():
             return []
-        index = json.loads(self.index_path.read_text())
-        return sorted((EpisodeRecord.from_dict(e) for e in index["episodes"]), key=lambda r: r.id)
+        index = _read_json(self.index_path, "the episode index")
+        try:
+            return sorted((EpisodeRecord.from_dict(e) for e in index["episodes"]), key=lambda r: r.id)
+        except (KeyError, TypeError, AttributeError) as err:
+            raise DatasetError(f"{self.index_path} is corrupt (missing or wrong field {err})") from err
 
     def verified_records(self) -> list[EpisodeRecord]:
         """The episodes whose shard is present and matches the index; the others are logged by name and skipped."""
