@@ -31,11 +31,17 @@ def rss_mib() -> float:
         return 0.0
 
 
-def step_fps(preset: str, steps: int, batch_size: int = 1) -> dict:
-    """Frames/s of World.step (batch_size sessions in one forward)."""
+def open_world(name: str):
+    """A preset (random weights, seeded) or anything `World.load` opens: a shipped world, a world file or folder."""
+    from worldsdk.config import MODEL_PRESETS
     from worldsdk.world import World
 
-    world = World.from_preset(preset)
+    return World.from_preset(name) if name in MODEL_PRESETS else World.load(name)
+
+
+def step_fps(preset: str, steps: int, batch_size: int = 1) -> dict:
+    """Frames/s of World.step (batch_size sessions in one forward); `preset` may name any world."""
+    world = open_world(preset)
     _, state = world.init_state(batch_size, seeds=list(range(batch_size)))
     actions = [world.spec.action.noop_action()] * batch_size
     for _ in range(3):  # warm-up, fills part of the window
@@ -103,9 +109,7 @@ def cached_vs_recompute(preset: str, history_chunks: list[int], repeats: int = 3
 
 def long_episode_memory(preset: str, chunks: int, sample_every: int = 100) -> dict:
     """RSS over a long episode under the rolling window: flat memory means constant-size state."""
-    from worldsdk.world import World
-
-    world = World.from_preset(preset)
+    world = open_world(preset)
     world.reset(seed=0)
     noop = world.spec.action.noop_action()
     samples = []
@@ -121,7 +125,10 @@ def long_episode_memory(preset: str, chunks: int, sample_every: int = 100) -> di
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke check, not a measurement)")
-    parser.add_argument("--out", default="benchmarks/results/world.json", help="JSON file for the results")
+    parser.add_argument("--world", default=None, help="bench this world (a shipped name, a world file or folder, a preset) "
+                        "instead of the tiny and small presets")
+    parser.add_argument("--out", default=None, help="JSON file for the results (default benchmarks/results/world.json, "
+                        "or runs/bench/<world>.json with --world)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (small models run best on one)")
 
 
@@ -132,13 +139,19 @@ def main(args: argparse.Namespace) -> int:
     results = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__},
-        "step": [step_fps("tiny", 5 if quick else 200), step_fps("small", 2 if quick else 30),
-                 step_fps("small", 2 if quick else 10, batch_size=4)],
-        "cache": cached_vs_recompute("tiny", [2, 4] if quick else [8, 32, 128], repeats=1 if quick else 3)
-        + ([] if quick else cached_vs_recompute("small", [8, 32], repeats=2)),
-        "memory": long_episode_memory("tiny", 50 if quick else 2000, sample_every=10 if quick else 100),
     }
-    out = Path(args.out)
+    if args.world is None:
+        results["step"] = [step_fps("tiny", 5 if quick else 200), step_fps("small", 2 if quick else 30),
+                           step_fps("small", 2 if quick else 10, batch_size=4)]
+        results["cache"] = (cached_vs_recompute("tiny", [2, 4] if quick else [8, 32, 128], repeats=1 if quick else 3)
+                            + ([] if quick else cached_vs_recompute("small", [8, 32], repeats=2)))
+        results["memory"] = long_episode_memory("tiny", 50 if quick else 2000, sample_every=10 if quick else 100)
+    else:  # the cache comparison rebuilds preset models with longer contexts, so it is for presets only
+        results["step"] = [step_fps(args.world, 2 if quick else 30), step_fps(args.world, 2 if quick else 10, batch_size=4)]
+        results["cache"] = []
+        results["memory"] = long_episode_memory(args.world, 20 if quick else 500, sample_every=5 if quick else 50)
+    default = "benchmarks/results/world.json" if args.world is None else f"runs/bench/{Path(args.world).stem}.json"
+    out = Path(args.out or default)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print("World.step:")
