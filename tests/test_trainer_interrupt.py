@@ -83,3 +83,25 @@ def test_a_wrong_hydra_key_is_one_line(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr and "unknown key(s) ['no_such_key'] in `stage`" in out.stderr
     out = _train_cli("stage=autoencoder", "model=tiny", "data=x", "+stage.no_such_key=1", f"run_dir={tmp_path}", "--debug")
     assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+def test_samples_reach_tensorboard_as_images_and_clips(tmp_path):
+    """A stage's sample files (png, gif) show in TensorBoard's Images tab, not only its scalars."""
+    import numpy as np
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from trainers.media import save_image, save_video
+
+    class SamplingStage(ToyStage):
+        def sample(self, step, weights, out_dir):
+            frames = np.random.default_rng(step).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
+            save_image(out_dir / "grid.png", frames[0])
+            save_video(out_dir / "rollout.gif", frames)
+
+    train(lambda ctx: SamplingStage(ToyConfig(), ModelChoice(), ctx), loop(max_steps=4, sample_every=2, tensorboard=True),
+          tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0}).Reload()
+    assert set(events.Tags()["images"]) == {"samples/grid", "samples/rollout"}
+    clips = events.Images("samples/rollout")
+    assert [c.step for c in clips] == [2, 4] and clips[0].encoded_image_string[:6] == b"GIF89a"
+    assert (clips[0].width, clips[0].height) == (16, 16)

@@ -1,4 +1,5 @@
-"""Metrics to TensorBoard and to a JSONL file (one JSON object per line), on rank 0 only.
+"""Metrics to TensorBoard and to a JSONL file (one JSON object per line), on rank 0 only; the
+samples a stage writes (images, clips) to TensorBoard's Images tab too.
 
 On resume, records written after the checkpoint being resumed from are dropped from the JSONL file
 and purged from TensorBoard, so both read as one uninterrupted run.
@@ -51,6 +52,25 @@ class RunLogger:
             for key, value in scalars.items():
                 self._writer.add_scalar(key, value, step)
 
+    def log_samples(self, step: int, folder: Path) -> int:
+        """Every .png (an image) and .gif / .mp4 (an animated clip) under `folder` to TensorBoard, tagged
+        `samples/<name>`; returns how many were logged. Stages keep writing plain files; this reads them."""
+        if self._writer is None or not Path(folder).is_dir():
+            return 0
+        import imageio.v3 as iio
+
+        count = 0
+        for path in sorted(Path(folder).rglob("*")):
+            tag = f"samples/{path.relative_to(folder).with_suffix('').as_posix()}"
+            if path.suffix == ".png":
+                self._writer.add_image(tag, _rgb(iio.imread(path)), step, dataformats="HWC")
+            elif path.suffix in (".gif", ".mp4"):
+                self._writer.file_writer.add_summary(_gif_summary(tag, _rgb(iio.imread(path, index=None))), step)
+            else:
+                continue
+            count += 1
+        return count
+
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()
@@ -70,3 +90,21 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     """All records of a run's metrics.jsonl (for tests and notebooks)."""
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _rgb(frames) -> "np.ndarray":
+    import numpy as np
+
+    frames = np.asarray(frames)
+    return frames[..., :3] if frames.shape[-1] == 4 else frames
+
+
+def _gif_summary(tag: str, frames, fps: float = 15.0):
+    """A TensorBoard image summary holding an animated GIF (what `add_video` writes, without moviepy)."""
+    import imageio.v3 as iio
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    data = iio.imwrite("<bytes>", frames, extension=".gif", duration=1000.0 / fps, loop=0)
+    height, width = frames.shape[1:3]
+    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=data)
+    return Summary(value=[Summary.Value(tag=tag, image=image)])

@@ -539,8 +539,7 @@ class _Trainer:
                 if loop.eval_every and self.step % loop.eval_every == 0 and self.step < loop.max_steps:
                     self._evaluate(logger)
                 if loop.sample_every and self.step % loop.sample_every == 0 and self.step < loop.max_steps:
-                    self._hook(lambda w: self.stage.sample(self.step, w, self._sample_dir()),
-                               needed=_overrides(self.stage, "sample"))
+                    self._sample(logger)
                 out_of_time = False
                 if loop.time_limit_minutes > 0:
                     out_of_time = distributed.broadcast_object(time.time() - process_start > 60 * loop.time_limit_minutes)
@@ -569,7 +568,7 @@ class _Trainer:
         if not stopped_early:
             if self.last_checkpoint is None or checkpoint_step(self.last_checkpoint) != self.step:
                 self.save_checkpoint()
-            self._hook(lambda w: self.stage.sample(self.step, w, self._sample_dir()), needed=_overrides(self.stage, "sample"))
+            self._sample(logger)
             metrics = self._hook(lambda w: self.stage.finish(self.step, w), needed=_overrides(self.stage, "finish")) or {}
             logger.log(self.step, {f"final/{k}": v for k, v in metrics.items()})
         fingerprints = distributed.all_gather_object(distributed.fingerprint(self.modules))
@@ -587,6 +586,14 @@ class _Trainer:
         metrics = self._hook(lambda w: self.stage.evaluate(self.step, w), needed=_overrides(self.stage, "evaluate")) or {}
         logger.log(self.step, {f"eval/{k}": v for k, v in metrics.items()})
         return metrics
+
+    def _sample(self, logger: RunLogger) -> None:
+        """The stage's samples, written as files and shown in TensorBoard (images and clips)."""
+        if not _overrides(self.stage, "sample"):
+            return
+        self._hook(lambda w: self.stage.sample(self.step, w, self._sample_dir()))  # the folder is made on rank 0 only
+        if self.dist.is_main:
+            logger.log_samples(self.step, self.run_dir / "samples" / f"step_{self.step:08d}")
 
     def _sample_dir(self) -> Path:
         path = self.run_dir / "samples" / f"step_{self.step:08d}"
