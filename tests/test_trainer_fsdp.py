@@ -205,15 +205,22 @@ def test_dmd_generator_update_runs_with_fsdp(runs):
 
 def test_bf16_mixed_precision_keeps_fp32_master_weights_and_tracks_fp32(runs):
     """bf16 gathers and compute with fp32 reduction: the sharded weights, EMA and moments stay fp32,
-    and two steps land next to the fp32 run's (Adam steps are ~1e-3 per weight here; bf16 rounding
-    flips the sign of a few near-zero gradients, so the check is on the mean, not on every weight)."""
+    and two steps land next to the fp32 run's.
+
+    Adam's first steps move each weight by about +-lr = 1e-3 whatever its gradient's size, and behind the
+    zero-initialised output head many gradients are near zero at step 2, so bf16 rounding flips their
+    sign: those weights land ~1e-3 away (3.5% of them here; the mean difference, 2.3e-5 on this CPU, is
+    set by how many flip). Every other weight must land on the fp32 run's up to fp32 rounding. Weights
+    kept in bf16 would sit up to 2e-4 away from fp32 ones (44% of them beyond 1e-4), and a broken
+    bf16 forward would flip most signs."""
     bf16 = final_tensors(runs / "teacher-fsdp-bf16")
     fp32 = checkpoint_tensors(runs / "teacher-fsdp" / "checkpoints" / STEP2)
     assert sorted(bf16) == sorted(fp32)
     assert all(t.dtype == torch.float32 for t in bf16.values())
     weights = [k for k in bf16 if k.startswith("module.")]
-    mean_difference = torch.cat([(bf16[k] - fp32[k]).abs().flatten() for k in weights]).mean().item()
-    assert mean_difference < 1e-5  # measured 3.6e-6; a step moves a weight by ~1e-3
+    difference = torch.cat([(bf16[k] - fp32[k]).abs().flatten() for k in weights])
+    assert difference.median().item() < 1e-6  # measured 3.2e-7
+    assert (difference > 1e-4).float().mean().item() < 0.06  # measured 0.035: the flipped signs
     a, b = losses(runs / "teacher-fsdp-bf16", "teacher/loss"), losses(runs / "teacher-fsdp", "teacher/loss")
     assert sorted(a) == [1, 2] and all(math.isclose(a[s], b[s], rel_tol=1e-2) for s in a)
 
