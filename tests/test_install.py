@@ -66,8 +66,9 @@ assert envs.MINE and trainers.MINE
 assert worldsdk.envs.__file__.startswith(sys.prefix), worldsdk.envs.__file__
 env = gymnasium.make("worldsdk/World-v0", world="tiny", frames="last")
 assert env.reset(seed=0)[0].shape == (32, 32, 3)
-from worldsdk.trainers.app import stage_class
-assert stage_class("autoencoder").__module__ == "worldsdk.trainers.stages.autoencoder"
+from worldsdk.trainers.app import STAGES, stage_class
+for name in STAGES:  # every stage imports its siblings inside the installed package, not a top-level `trainers`
+    assert stage_class(name).__module__ == f"worldsdk.trainers.stages.{name}", name
 """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
     out = subprocess.run([python, "-c", "import sys" + check], cwd=project, capture_output=True, text=True, env=env)

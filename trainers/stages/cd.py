@@ -15,10 +15,10 @@ from typing import Mapping
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from trainers.ema import EMA
-from trainers.objectives import consistency_loss
-from trainers.stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
-from trainers.stages import worlds
+from ..ema import EMA
+from ..objectives import consistency_loss
+from ..stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
+from . import worlds
 from worldsdk.data.datasets import collate_clips
 
 

@@ -18,10 +18,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from trainers import distributed
-from trainers.objectives import Conditioning, critic_loss, dmd_generator_loss, self_rollout
-from trainers.stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
-from trainers.stages import worlds
+from .. import distributed
+from ..objectives import Conditioning, critic_loss, dmd_generator_loss, self_rollout
+from ..stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
+from . import worlds
 from worldsdk.data.datasets import collate_clips
 
 

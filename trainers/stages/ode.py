@@ -23,10 +23,10 @@ from safetensors import safe_open
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from trainers import distributed
-from trainers.objectives import Conditioning, bidirectional_ode_pairs, causal_ode_pairs, ode_regression_loss
-from trainers.stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
-from trainers.stages import worlds
+from .. import distributed
+from ..objectives import Conditioning, bidirectional_ode_pairs, causal_ode_pairs, ode_regression_loss
+from ..stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
+from . import worlds
 from worldsdk import checkpoint
 from worldsdk.data.datasets import collate_clips
 

@@ -20,9 +20,9 @@ from typing import Mapping
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from trainers.objectives import TEACHER_MODES, drop_conditioning, teacher_loss
-from trainers.stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
-from trainers.stages import worlds
+from ..objectives import TEACHER_MODES, drop_conditioning, teacher_loss
+from ..stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
+from . import worlds
 from worldsdk.config import MODEL_PRESETS
 from worldsdk.data.datasets import collate_clips
 

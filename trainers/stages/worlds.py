@@ -19,9 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainers.media import save_video
-from trainers.objectives import Conditioning
-from trainers.stage import RunContext
+from ..media import save_video
+from ..objectives import Conditioning
+from ..stage import RunContext
 from worldsdk.autoencoder import FrameAutoencoder, load_autoencoder
 from worldsdk.config import MODEL_PRESETS, WORLD_PRESETS, ModelConfig, WorldSpec
 from worldsdk.data.latents import LatentClipDataset
