@@ -173,3 +173,25 @@ def test_a_world_trains_and_samples_on_its_own_schedule(chain, monkeypatch):
 
     default = train(root / "preset-shift", {"name": "teacher", "mode": "teacher_forcing", "latents": latents, "autoencoder": ae})
     assert World.load(default).spec.schedule == WORLD_PRESETS["tiny"].schedule != schedule
+
+
+def test_snapshot_of_the_last_checkpoint_is_the_world_the_run_wrote(chain, tmp_path, capsys):
+    """`python -m trainers.snapshot` rebuilds the stage from the checkpoint's config: the EMA world of the
+    final checkpoint equals the run's own world file; the raw weights (and an earlier step) differ."""
+    from trainers.snapshot import main, snapshot
+
+    root, ae, latents = chain
+    stage = {"name": "teacher", "mode": "teacher_forcing", "latents": latents, "autoencoder": ae, "ema_decay": 0.5}
+    run_dir = tmp_path / "teacher"
+    run({"run_dir": str(run_dir), "loop": loop(4, checkpoint_every=2), "model": TINY, "stage": stage})
+    final = World.load(run_dir / "world.safetensors").model.state_dict()
+    ema = World.load(snapshot(run_dir) / "world.safetensors")
+    assert ema.info["step"] == 4 and ema.spec == World.load(run_dir / "world.safetensors").spec
+    assert all(torch.equal(final[k], v) for k, v in ema.model.state_dict().items())
+    raw = World.load(snapshot(run_dir, raw=True, out=tmp_path / "raw") / "world.safetensors").model.state_dict()
+    early = World.load(snapshot(run_dir, step=2) / "world.safetensors").model.state_dict()
+    assert any(not torch.equal(final[k], raw[k]) for k in final)
+    assert any(not torch.equal(final[k], early[k]) for k in final)
+    with pytest.raises(SystemExit) as stop:
+        main([str(run_dir), "--step", "3"])
+    assert stop.value.code == 2 and "has no checkpoint at step 3; it has steps [2, 4]" in capsys.readouterr().err
