@@ -53,10 +53,8 @@ def probe(world, episodes, starts: int, seed: int, sigmas=(1.0, 0.5)) -> dict:
                 preds = []
                 for context in (frames[start - window : start], frames[other - window : other]):
                     _, state = world.init_state(1, [prompt], [0], [context])
-                    x = (1 - s) * x0 + s * noise.to(x0.device)
-                    t = D.sigma_to_t(torch.full((1, cfg.frames_per_chunk), s, device=world.device))
-                    v = world.model.denoise_chunk(x, t, features, state.cache).float()
-                    preds.append(x - s * v)
+                    x = D.add_noise(x0, noise.to(x0.device), s)
+                    preds.append(world.denoise_state(state, x, s, features))
                 sums[s]["x0_error"].append(float(((preds[0] - x0) ** 2).mean()))
                 sums[s]["swapped_context_change"].append(float(((preds[0] - preds[1]) ** 2).mean()))
     mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731

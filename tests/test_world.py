@@ -33,8 +33,9 @@ def test_batched_sessions_match_single_sessions(tiny_world):
     frames, state = world.init_state(3, seeds=seeds)
     batched = [frames]
     for step in range(3):
-        frames, state = world.step_state(state, [actions[b][step] for b in range(3)])
-        batched.append(frames)
+        result = world.step_state(state, [actions[b][step] for b in range(3)])
+        state = result.state
+        batched.append(result.frames)
     batched = np.stack(batched, axis=1)  # (B, steps, chunk, H, W, 3)
     for b in range(3):
         assert np.abs(batched[b].astype(int) - singles[b].astype(int)).max() <= 1
@@ -45,11 +46,12 @@ def test_stacking_sessions_of_different_ages(tiny_world):
     world = tiny_world
     _, old = world.init_state(1, seeds=[1])
     for _ in range(5):
-        _, old = world.step_state(old, [2])
+        old = world.step_state(old, [2]).state
     _, young = world.init_state(1, seeds=[2])
-    ref_old, _ = world.step_state(_clone(old), [3])
-    ref_young, _ = world.step_state(_clone(young), [1])
-    frames, state = world.step_state(type(old).stack([old, young]), [3, 1])
+    ref_old = world.step_state(_clone(old), [3]).frames
+    ref_young = world.step_state(_clone(young), [1]).frames
+    result = world.step_state(type(old).stack([old, young]), [3, 1])
+    frames, state = result.frames, result.state
     assert np.abs(frames[0].astype(int) - ref_old[0]).max() <= 1
     assert np.abs(frames[1].astype(int) - ref_young[0]).max() <= 1
     assert state.cache.lengths == [6, 4]

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from worldsdk import diffusion as D
 from worldsdk.model import CausalDiT, KVCache
+from worldsdk.rollout import EulerSampler, FewStepSampler, stream_chunk
 
 TEACHER_MODES = ("teacher_forcing", "diffusion_forcing", "bidirectional")
 
@@ -108,33 +109,27 @@ def causal_ode_pairs(teacher: CausalDiT, x0: torch.Tensor, cond: Conditioning, s
     The history is written to a KV cache by committing the *ground-truth* chunk at t = 0, with a
     second cache for the unconditional branch of CFG (Causal Forcing, blockwise_kv mode).
     """
-    cfg = teacher.config
     b, _, f = x0.shape[:3]
-    fc = cfg.frames_per_chunk
-    sigmas = schedule.euler_sigmas(num_steps).to(x0.device)
+    fc = teacher.config.frames_per_chunk
+    sampler = EulerSampler.from_schedule(schedule, num_steps, guidance)
     keep = schedule.student_state_indices(num_steps)
-    branches = [(cond, _prompt_cache(teacher, cond.text))]
-    if guidance != 1.0:
-        null = cond.null()
-        branches.append((null, _prompt_cache(teacher, null.text)))
+    cache = _prompt_cache(teacher, cond.text)
+    null = cond.null()
+    null_cache = _prompt_cache(teacher, null.text) if guidance != 1.0 else None
     states = torch.zeros(b, len(keep), *x0.shape[1:], device=x0.device, dtype=x0.dtype)
     endpoint = torch.zeros_like(x0)
     for start in range(0, f, fc):
         stop = min(start + fc, f)
-        zeros = torch.zeros(b, stop - start, device=x0.device)
-
-        def velocity(x, sigma):
-            t = D.sigma_to_t(torch.full_like(zeros, float(sigma)))
-            vs = [teacher.denoise_chunk(x, t, c.chunk(start, stop), cache) for c, cache in branches]
-            return vs[0] if len(vs) == 1 else D.cfg(vs[0], vs[1], guidance)
 
         def record(info):
             if info["i"] in keep:
                 states[:, keep.index(info["i"]), :, start:stop] = info["x"]
 
-        endpoint[:, :, start:stop] = D.sample_euler(velocity, torch.randn_like(x0[:, :, start:stop]), sigmas, record)
-        for c, cache in branches:
-            teacher.commit_chunk(x0[:, :, start:stop], zeros, c.chunk(start, stop), cache)
+        clean = x0[:, :, start:stop]
+        uncond = None if null_cache is None else (null_cache, null.chunk(start, stop))
+        endpoint[:, :, start:stop] = stream_chunk(teacher, cache, cond.chunk(start, stop), sampler,
+                                                  lambda: torch.randn_like(clean), uncond=uncond, clean=clean,
+                                                  callback=record)
     return states, endpoint
 
 
@@ -238,25 +233,17 @@ def self_rollout(generator: CausalDiT, noise: torch.Tensor, cond: Conditioning, 
     Each chunk runs the few-step sampler up to `exit_index`; only that pass keeps gradients, and its
     x0 is the chunk's output; the output is re-run at t = 0 without gradients to write the cache.
     """
-    b, _, f = noise.shape[:3]
+    f = noise.shape[2]
     fc = generator.config.frames_per_chunk
+    sampler = FewStepSampler(tuple(float(s) for s in sigmas)).truncated(exit_index)
     with torch.no_grad():
         cache = _prompt_cache(generator, cond.text)
     chunks = []
     for start in range(0, f, fc):
         stop = min(start + fc, f)
-        actions = cond.chunk(start, stop)
         x = noise[:, :, start:stop]
-        t_of = lambda sigma: D.sigma_to_t(torch.full((b, stop - start), float(sigma), device=noise.device))  # noqa: E731
-        with torch.no_grad():
-            for i in range(exit_index):
-                v = generator.denoise_chunk(x, t_of(sigmas[i]), actions, cache)
-                x = D.add_noise(_x0(v, x, sigmas[i]), torch.randn_like(x), sigmas[i + 1])
-        v = generator.denoise_chunk(x, t_of(sigmas[exit_index]), actions, cache)
-        out = _x0(v, x, sigmas[exit_index])
-        chunks.append(out)
-        with torch.no_grad():
-            generator.commit_chunk(out.detach(), t_of(0.0), actions, cache)
+        chunks.append(stream_chunk(generator, cache, cond.chunk(start, stop), sampler, lambda: torch.randn_like(x),
+                                   x=x, grad_last_only=True))
     return torch.cat(chunks, dim=2)
 
 

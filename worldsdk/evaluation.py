@@ -135,24 +135,31 @@ class Sampler:
             return f"{len(world.sigmas)}-step few-step sampler"
         return f"{s.steps}-step Euler PF-ODE, CFG {s.guidance:g}"
 
+    def rollout_sampler(self, world):
+        """The `worldsdk.rollout` sampler this choice gives for `world`."""
+        from worldsdk.rollout import EulerSampler
+
+        s = self.resolve(world)
+        return world.sampler if s.kind == "few_step" else EulerSampler.from_schedule(world.spec.schedule, s.steps, s.guidance)
+
     def start(self, world, prompt: str, seed: int, context: np.ndarray) -> "Rollout":
         """A session of `world` continuing from real context frames (N, H, W, 3), N >= one chunk."""
-        if self.resolve(world).kind == "few_step":
-            return Rollout(world, prompt, seed, context)
-        return GuidedEulerRollout(world, prompt, seed, context, self.steps, self.guidance)
+        return Rollout(world, prompt, seed, context, self.rollout_sampler(world))
 
 
 class Rollout:
-    """One session sampled by the world's own few-step sampler; `step` takes one action per frame."""
+    """One session of a world, through its public session API; `step` takes one action per frame.
+    `sampler`: a `worldsdk.rollout` sampler (default the world's own few-step sampler)."""
 
-    def __init__(self, world, prompt: str, seed: int, context: np.ndarray):
+    def __init__(self, world, prompt: str, seed: int, context: np.ndarray, sampler=None):
         self.world = world
-        _, self.state = world.init_state(1, [prompt], [seed], [context])
+        _, self.state = world.init_state(1, [prompt], [seed], [context], sampler=sampler)
 
     def step(self, frame_actions: Sequence) -> np.ndarray:
         """Frames (chunk, H, W, 3) of the next chunk under one action per latent frame."""
-        frames, self.state = self.world.step_frames_state(self.state, [list(frame_actions)])
-        return frames[0]
+        result = self.world.step_frames_state(self.state, [list(frame_actions)])
+        self.state = result.state
+        return result.frames[0]
 
 
 class GuidedEulerRollout(Rollout):
@@ -161,45 +168,9 @@ class GuidedEulerRollout(Rollout):
     action features) attending to its own cache of the same clean history."""
 
     def __init__(self, world, prompt: str, seed: int, context: np.ndarray, steps: int, guidance: float):
-        from worldsdk.model import KVCache
+        from worldsdk.rollout import EulerSampler
 
-        super().__init__(world, prompt, seed, context)  # the conditional cache, with the context committed
-        self.guidance = guidance
-        self.sigmas = world.spec.schedule.euler_sigmas(steps).to(world.device)
-        model, cfg = world.model, world.model.config
-        self.null_cache = None
-        if guidance != 1.0:
-            with torch.inference_mode():
-                param = next(model.parameters())
-                self.null_cache = KVCache.empty(cfg, 1, world.spec.sink_frames, device=world.device, dtype=param.dtype)
-                model.set_prompt(self.null_cache, 0, torch.zeros_like(world.text_encoder.encode([prompt])))
-                chunk = world.chunk_frames
-                context = np.asarray(context)[len(context) % chunk :]  # the whole chunks World.init_state commits
-                world.commit_history(world.codec.encode_video(torch.from_numpy(context).to(world.device)), self.null_cache)
-
-    @torch.inference_mode()
-    def step(self, frame_actions: Sequence) -> np.ndarray:
-        from worldsdk.diffusion import cfg as guide, sample_euler, sigma_to_t
-
-        world, model, state = self.world, self.world.model, self.state
-        mc = model.config
-        features, null = world.frame_action_features([list(frame_actions)]), world.no_action_features()
-        shape = (1, mc.latent_channels, mc.frames_per_chunk, mc.latent_height, mc.latent_width)
-        x = torch.randn(shape[1:], generator=state.generators[0])[None].to(world.device)
-        t_chunk = lambda sigma: sigma_to_t(torch.full((1, mc.frames_per_chunk), float(sigma), device=world.device))  # noqa: E731
-
-        def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            v = model.denoise_chunk(x, t_chunk(sigma), features, state.cache).float()
-            if self.null_cache is None:
-                return v
-            return guide(v, model.denoise_chunk(x, t_chunk(sigma), null, self.null_cache).float(), self.guidance)
-
-        x0 = sample_euler(velocity, x, self.sigmas)
-        model.commit_chunk(x0, t_chunk(0.0), features, state.cache)
-        if self.null_cache is not None:
-            model.commit_chunk(x0, t_chunk(0.0), null, self.null_cache)
-        state.steps[0] += 1
-        return world.codec.decode_chunk(x0, state.decoders).cpu().numpy()[0]
+        super().__init__(world, prompt, seed, context, EulerSampler.from_schedule(world.spec.schedule, steps, guidance))
 
 
 # ----------------------------------------------------------------------------------------------

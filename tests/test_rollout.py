@@ -1,0 +1,122 @@
+"""The rollout engine: samplers from the schedule, `stream_chunk`, and the step's result."""
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import perturb_
+from worldsdk import World
+from worldsdk import diffusion as D
+from worldsdk.model import KVCache
+from worldsdk.reward import RewardConfig, RewardModel
+from worldsdk.rollout import EulerSampler, FewStepSampler, calls_per_chunk, stream_chunk
+
+
+def _world(seed: int = 0) -> World:
+    world = World.from_preset("tiny", seed=seed)
+    perturb_(world.model, seed=seed)
+    return world
+
+
+def test_samplers_read_the_world_schedule():
+    world = _world()
+    schedule = world.spec.schedule
+    assert torch.equal(torch.tensor(world.sampler.sigmas), schedule.student_sigmas())
+    assert torch.equal(world.sigmas.cpu(), schedule.student_sigmas())
+    euler = EulerSampler.from_schedule(schedule, 6, 2.0)
+    assert torch.equal(torch.tensor(euler.sigmas), schedule.euler_sigmas(6)) and euler.sigmas[-1] == 0.0
+    assert calls_per_chunk(world.sampler) == len(schedule.steps) + 1
+    assert calls_per_chunk(euler) == 2 * (6 + 1)  # both guidance branches, each with its commit
+    assert world.sampler.truncated(1).sigmas == world.sampler.sigmas[:2]
+    with pytest.raises(ValueError):
+        world.sampler.truncated(len(schedule.steps))
+
+
+def test_the_world_step_is_one_stream_chunk_call():
+    """A step of the World = stream_chunk with its sampler, its per-session noise and its cache."""
+    world = _world()
+    _, state = world.init_state(2, seeds=[3, 4])
+    cache = KVCache.stack([state.cache])  # a copy of the same history
+    generators = [torch.Generator().manual_seed(int(g.initial_seed())) for g in state.generators]
+    for g, ref in zip(generators, state.generators):
+        g.set_state(ref.get_state())
+    features = world.frame_action_features([[2, 2], [5, 5]])
+    result = world.step_features(state, features)
+    mc = world.model.config
+    shape = (mc.latent_channels, mc.frames_per_chunk, mc.latent_height, mc.latent_width)
+    noise = lambda: torch.stack([torch.randn(shape, generator=g) for g in generators])  # noqa: E731
+    with torch.inference_mode():
+        x0 = stream_chunk(world.model, cache, features, world.sampler, noise)
+    assert torch.equal(x0, result.latents)
+    assert cache.lengths == state.cache.lengths == [2 * mc.frames_per_chunk] * 2
+    assert torch.equal(cache.keys[0], state.cache.keys[0])
+
+
+def test_stream_chunk_commits_only_when_asked_and_guidance_needs_its_branch():
+    world = _world()
+    mc = world.model.config
+    _, state = world.init_state(1, seeds=[0])
+    x = torch.randn(1, mc.latent_channels, mc.frames_per_chunk, mc.latent_height, mc.latent_width)
+    features = world.frame_action_features([[1, 1]])
+    before = list(state.cache.lengths)
+    x0 = world.denoise_state(state, x, 0.5, features)
+    assert state.cache.lengths == before  # a probe's prediction leaves the history alone
+    with torch.inference_mode():
+        v = world.model.denoise_chunk(x, D.sigma_to_t(torch.full((1, mc.frames_per_chunk), 0.5)), features, state.cache)
+    assert torch.allclose(x0, x - 0.5 * v, atol=1e-6)
+    with pytest.raises(ValueError, match="unconditional"):
+        stream_chunk(world.model, state.cache, features, EulerSampler.from_schedule(world.spec.schedule, 3, 2.0),
+                     lambda: torch.zeros_like(x))
+
+
+def test_grad_last_only_keeps_the_values_and_back_propagates_one_pass():
+    world = _world()
+    model = world.model.train()
+    mc = model.config
+    cache = KVCache.empty(mc, 1, 1)
+    with torch.no_grad():
+        model.set_prompt(cache, 0, world.text_encoder.encode(["pong"]))
+    x = torch.randn(1, mc.latent_channels, mc.frames_per_chunk, mc.latent_height, mc.latent_width)
+    features = world.frame_action_features([[3, 3]])
+    outs, calls = [], []
+    hook = model.head.register_forward_hook(lambda m, i, o: calls.append(o.requires_grad))
+    for grad_last_only in (False, True):
+        torch.manual_seed(0)
+        outs.append(stream_chunk(model, cache, features, world.sampler, lambda: torch.randn_like(x), x=x,
+                                 commit=False, grad_last_only=grad_last_only))
+    hook.remove()
+    passes = len(world.sampler.sigmas)
+    assert torch.allclose(outs[0], outs[1]) and outs[1].requires_grad
+    assert calls == [True] * passes + [False] * (passes - 1) + [True]
+
+
+def test_guided_sessions_keep_an_unconditional_cache_of_the_same_history():
+    world = _world()
+    context = world.reset(seed=1)
+    sampler = EulerSampler.from_schedule(world.spec.schedule, 3, 3.0)
+    _, state = world.init_state(1, seeds=[2], contexts=[context], sampler=sampler)
+    assert state.uncond is not None and state.uncond.lengths == state.cache.lengths
+    result = world.step_state(state, [2])
+    assert result.state.sampler == sampler and state.uncond.lengths == state.cache.lengths == [2 * world.model.config.frames_per_chunk]
+    assert not torch.equal(state.uncond.text_keys[0], state.cache.text_keys[0])  # the empty prompt's K/V
+    _, plain = world.init_state(1, seeds=[2], contexts=[context])
+    with pytest.raises(ValueError, match="sampled differently"):
+        type(state).stack([state, plain])
+
+
+def test_a_step_returns_its_rewards_and_the_old_pair_still_unpacks_with_a_warning():
+    world = _world()
+    mc = world.model.config
+    torch.manual_seed(0)
+    world.set_reward_model(perturb_(RewardModel(RewardConfig(
+        latent_channels=mc.latent_channels, latent_height=mc.latent_height, latent_width=mc.latent_width,
+        action_dim=mc.action_dim, channels=8, hidden=16)), 0.3))
+    _, state = world.init_state(2, seeds=[1, 2])
+    result = world.step_state(state, [1, 4])
+    rewards, ends = world.predicted_rewards(result.state)
+    assert result.rewards.shape == (2, mc.frames_per_chunk) and result.rewards.dtype == np.float32
+    assert np.array_equal(result.rewards, rewards) and np.array_equal(result.terminated, ends)
+    assert result.frames.shape == (2, *world.observation_shape)
+    with pytest.warns(DeprecationWarning, match="result.frames"):
+        frames, same = result
+    assert frames is result.frames and same is result.state
