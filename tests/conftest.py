@@ -24,10 +24,48 @@ def perturb_(module: torch.nn.Module, std: float = 0.1, seed: int = 0) -> torch.
     return module
 
 
-@pytest.fixture
-def tiny_world():
+def reactive_world(name: str = "tiny", seed: int = 0):
+    """A preset world whose frames depend on actions, prompt and history (the same weights on every call).
+
+    A bare preset has a zero output head (adaLN-zero), so its frames depend on the noise seed alone and
+    a test comparing two such worlds passes whatever actions or prompts reach them; this one is perturbed.
+    """
     from worldsdk import World
 
-    world = World.from_preset("tiny", seed=0)
+    world = World.from_preset(name, seed=seed)
     perturb_(world.model)
     return world
+
+
+def frame_difference(a, b) -> float:
+    """Mean absolute difference of two uint8 frame arrays, in grey levels."""
+    import numpy as np
+
+    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).mean())
+
+
+def assert_world_reacts(world, seed: int = 0) -> None:
+    """Fail unless, in `world`, a different action, prompt, mid-episode prompt or earlier action (the
+    history) changes the frames of the same seed: the precondition of every test that compares frames to
+    show that actions and prompts arrived. Leaves the world's single session reset."""
+
+    def last_chunk(actions, prompt=None, switch_to=None):
+        world.reset(prompt=prompt, seed=seed)
+        frames = None
+        for i, action in enumerate(actions):
+            if switch_to is not None and i == len(actions) - 1:
+                world.set_prompt(switch_to)
+            frames = world.step(action)
+        return frames
+
+    base = last_chunk([1, 0, 0])
+    assert frame_difference(base, last_chunk([1, 0, 2])) > 1.0, "the action does not change the frames"
+    assert frame_difference(base, last_chunk([4, 0, 0])) > 0.1, "an earlier action (the history) does not change the frames"
+    assert frame_difference(base, last_chunk([1, 0, 0], prompt="breakout, grey")) > 1.0, "the prompt does not change the frames"
+    assert frame_difference(base, last_chunk([1, 0, 0], switch_to="breakout, grey")) > 1.0, "set_prompt does not change the frames"
+    world.reset(seed=seed)
+
+
+@pytest.fixture
+def tiny_world():
+    return reactive_world()

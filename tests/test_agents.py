@@ -46,7 +46,9 @@ def ppo():
 
 @pytest.fixture(scope="module")
 def tiny():
-    return World.from_preset("tiny", seed=0)
+    from tests.conftest import reactive_world
+
+    return reactive_world()  # observations that depend on the policy's actions
 
 
 # -- the policy's view ---------------------------------------------------------------------------

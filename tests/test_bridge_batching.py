@@ -1,25 +1,18 @@
 """docs/protocol.md, "Batching": exact sessions reproduce the world in-process bit for bit whatever else
 the server serves; shared sessions stay within the stated bound of 1 grey level.
 
-The tiny world is perturbed (tests.conftest.perturb_) so its frames depend on the seed, the actions and
-the batch's rounding; with its zero output head they would be constant and these tests could not fail.
+The tiny world is perturbed (tests.conftest.reactive_world) so its frames depend on the seed, the actions
+and the batch's rounding; with its zero output head they would be constant and these tests could not fail.
 """
 
 import threading
 
 import numpy as np
 
-from tests.conftest import perturb_
-from worldsdk import World
+from tests.conftest import reactive_world as reacting_world
 from worldsdk.bridge import Client, Server
 
 CLIENTS, STEPS = 4, 12
-
-
-def reacting_world() -> World:
-    world = World.from_preset("tiny", seed=0)
-    perturb_(world.model)
-    return world
 
 
 def actions(i: int) -> list[int]:
@@ -50,7 +43,7 @@ def play_together(address: str, batching: list[str | None], default: str = "shar
     return [np.stack(f) for f in frames]
 
 
-def alone(world: World, i: int) -> np.ndarray:
+def alone(world, i: int) -> np.ndarray:
     return np.stack([world.reset(seed=i)] + [world.step(a) for a in actions(i)])
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from worldsdk import World
+from tests.conftest import assert_world_reacts, reactive_world
 from worldsdk.bridge import Server
 
 C_CLIENT = Path(__file__).resolve().parents[1] / "examples" / "c_client"
@@ -36,7 +36,7 @@ def test_c_client_plays_a_live_server(tmp_path):
     assert build.returncode == 0, build.stderr
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    world = World.from_preset("tiny", seed=0)
+    world = reactive_world()
     try:
         with Server(world, "tcp://127.0.0.1:*").start() as server:
             run = subprocess.run(
@@ -49,7 +49,8 @@ def test_c_client_plays_a_live_server(tmp_path):
             bad = subprocess.run([str(C_CLIENT / "build" / "worldsdk_client"), "-n", "0", "-t", "300", "tcp://127.0.0.1:1"],
                                  capture_output=True, text=True, timeout=30)
             assert bad.returncode == 1 and "no reply" in bad.stderr
-        reference = World.from_preset("tiny", seed=0)
+        reference = reactive_world()
+        assert_world_reacts(reference)  # so equal frames show that the client's keys arrived as actions
         keys = list(world.spec.key_map)  # the C client steps through the key names in the order hello lists them
         want = [reference.reset(prompt="pong, neon style", seed=7)]
         want += [reference.step(world.spec.key_map[keys[i % len(keys)]]) for i in range(5)]
@@ -72,10 +73,7 @@ def built():
 
 def test_c_client_reads_shared_memory_frames_equal_to_the_socket_ones(tmp_path, built):
     """docs/protocol.md, "Shared-memory frames": the same frames as raw, none through the socket."""
-    from tests.conftest import perturb_
-
-    world = World.from_preset("tiny", seed=0)
-    perturb_(world.model)  # frames that depend on the actions, so a wrong chunk cannot pass
+    world = reactive_world()  # frames that depend on the actions, so a wrong chunk cannot pass
     with Server(world, "tcp://127.0.0.1:*").start() as server:
         for codec in ("raw", "shm"):
             run = run_client("-p", "pong", "-s", "3", "-n", "12", "-c", codec, "-o", str(tmp_path / codec), "-t", "20000", server.address)

@@ -2,14 +2,15 @@
 
 32 clients x 200 steps run against `NoiseWorld` (whose frames carry a code of their whole history,
 so any frame from another session or step would differ); 32 clients x 10 steps run against the tiny
-model world, whose batched frames must equal what it gives in-process one session at a time.
+model world (perturbed, so its frames react to actions, prompt and history), whose batched frames must
+equal what it gives in-process one session at a time, within the shared-batching bound.
 """
 
 import threading
 
 import numpy as np
 
-from worldsdk import World
+from tests.conftest import assert_world_reacts, reactive_world
 from worldsdk.bridge import Client, Server
 from worldsdk.bridge.testing import NoiseWorld
 
@@ -70,13 +71,17 @@ def test_32_clients_200_steps_get_exactly_their_own_frames():
 
 
 def test_batched_model_frames_equal_the_world_in_process_one_session_at_a_time():
+    # shared batching (the server's default): within the 1 grey level docs/protocol.md states, on a world
+    # whose frames move by more than that when an action, a prompt or the history changes
     clients, steps = 32, 10
-    world = World.from_preset("tiny", seed=0)
+    world = reactive_world()
     with Server(world, "tcp://127.0.0.1:*").start() as server:
         got = play_concurrently(server.address, clients, steps)
         batch_sizes = dict(server.batch_sizes)
-    want = in_process(World.from_preset("tiny", seed=0), clients, steps)
+    reference = reactive_world()
+    assert_world_reacts(reference)
+    want = in_process(reference, clients, steps)
     for i in range(clients):
         for t in range(steps + 1):
-            np.testing.assert_array_equal(got[i][t], want[i][t], err_msg=f"client {i} chunk {t}")
+            assert np.abs(got[i][t].astype(int) - want[i][t]).max() <= 1, f"client {i} chunk {t}"
     assert max(batch_sizes) > 1, f"no batching happened: {batch_sizes}"

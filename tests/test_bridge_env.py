@@ -9,8 +9,8 @@ from gymnasium.utils.env_checker import check_env
 import worldsdk  # noqa: F401  (registers the Gymnasium IDs)
 from envs.remote_env import RemoteWorldEnv
 from envs.world_env import NO_REWARD_NOTE, WorldEnv
+from tests.conftest import assert_world_reacts, reactive_world
 from tests.test_bridge_server import rewarded_world
-from worldsdk import World
 from worldsdk.bridge import Server
 
 
@@ -18,7 +18,7 @@ from worldsdk.bridge import Server
 def server():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    with Server(World.from_preset("tiny", seed=0), "tcp://127.0.0.1:*").start() as server:
+    with Server(reactive_world(), "tcp://127.0.0.1:*").start() as server:
         yield server
     torch.set_num_threads(threads)
 
@@ -39,8 +39,10 @@ def test_remote_env_passes_check_env(server):
 
 
 def test_remote_env_plays_like_the_local_env(server):
+    reference = reactive_world()
+    assert_world_reacts(reference)  # so equal observations show that actions and the prompt arrived
     remote = gym.make("worldsdk/RemoteWorld-v0", address=server.address, render_mode="rgb_array")
-    local = gym.make("worldsdk/World-v0", world=World.from_preset("tiny", seed=0), render_mode="rgb_array")
+    local = gym.make("worldsdk/World-v0", world=reference, render_mode="rgb_array")
     assert remote.observation_space == local.observation_space and remote.action_space == local.action_space
     assert remote.metadata["render_fps"] == local.metadata["render_fps"]
     for env in (remote, local):

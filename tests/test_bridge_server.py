@@ -15,7 +15,7 @@ import zmq
 from worldsdk import World
 from worldsdk.bridge import AuthenticationError, Client, ProtocolError, Server, SessionLostError, VersionMismatchError
 from worldsdk.bridge import protocol as P
-from tests.conftest import perturb_
+from tests.conftest import assert_world_reacts, perturb_, reactive_world
 from tests.test_reward import constant_bank, set_bias, tiny_reward_model
 from worldsdk.bridge.cli import generate_keys
 from worldsdk.bridge.client import ResetInfo, StepInfo, WorldInfo
@@ -34,13 +34,13 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def world():
-    return World.from_preset("tiny", seed=0)
+    return reactive_world()  # frames that depend on actions, prompt and history: a dropped one shows
 
 
 @pytest.fixture
 def reference():
     """The same world (same weights), in-process, for comparing frames."""
-    return World.from_preset("tiny", seed=0)
+    return reactive_world()
 
 
 @pytest.fixture
@@ -79,6 +79,7 @@ def test_hello_reports_the_world_and_protocol(server, world):
 
 
 def test_frames_equal_the_world_in_process(server, reference):
+    assert_world_reacts(reference)  # else equal frames would not show that actions and prompts arrived
     with Client(server.address, timeout_ms=5000) as client:
         client.hello()
         got = [client.reset(prompt="pong, neon style", seed=7)]
@@ -344,9 +345,10 @@ def test_serve_command_serves(tmp_path):
 def rewarded_world(bias: bool = False) -> World:
     """The tiny world with a reward model (random and eventful, or biased to +1 and always terminating)
     and a bank of 5 constant-valued starts with prompts p0..p4; the same weights on every call."""
-    world = World.from_preset("tiny", seed=0)
+    world = reactive_world()
     model = tiny_reward_model(world, reward_threshold=0.3, termination_threshold=0.3)
-    world.set_reward_model(set_bias(model, reward_class=2, terminate=True) if bias else perturb_(model, 1.0))
+    # seed 3: on the reacting world, a reward model whose rewards vary and whose episodes both end and go on
+    world.set_reward_model(set_bias(model, reward_class=2, terminate=True) if bias else perturb_(model, 1.0, seed=3))
     world.set_start_bank(constant_bank(world), [f"p{i}" for i in range(5)])
     return world
 

@@ -7,16 +7,29 @@ pytest.importorskip("stable_baselines3", reason="the sb3 extra is not installed"
 
 from stable_baselines3 import PPO  # noqa: E402
 
-from tests.conftest import perturb_  # noqa: E402
-from worldsdk import World  # noqa: E402
+from tests.conftest import assert_world_reacts, reactive_world  # noqa: E402
 from worldsdk.sb3 import make_vec_env  # noqa: E402
 
 
 @pytest.fixture
 def world():
-    world = World.from_preset("tiny", seed=0)
-    perturb_(world.model)
-    return world
+    return reactive_world()
+
+
+def test_each_env_plays_its_own_action(world):
+    # env b's frames follow env b's actions and no other env's: the batched step routes every action
+    assert_world_reacts(world)
+
+    def play(actions):
+        venv = make_vec_env(world, num_envs=2, frames="chunk", monitor=False)
+        venv.seed(3)
+        venv.reset()
+        return np.stack([venv.step(np.array(actions))[0] for _ in range(3)], axis=1)  # (2, steps, ...)
+
+    base, other_second, other_first = play([0, 2]), play([0, 4]), play([5, 2])
+    np.testing.assert_array_equal(base[0], other_second[0])
+    np.testing.assert_array_equal(base[1], other_first[1])
+    assert not np.array_equal(base[1], other_second[1]) and not np.array_equal(base[0], other_first[0])
 
 
 def test_all_envs_step_in_one_batched_forward(world, monkeypatch):

@@ -87,10 +87,10 @@ def test_remote_session_wraps_a_client(tmp_path):
 
 
 def test_play_connects_to_a_served_world(tmp_path):
+    from tests.conftest import reactive_world
     from worldsdk.bridge import Server
-    from worldsdk.world import World
 
-    with Server(World.from_preset("tiny", seed=0), "tcp://127.0.0.1:*").start() as server:
+    with Server(reactive_world(), "tcp://127.0.0.1:*").start() as server:  # a replay that lost its actions would diverge
         rec = tmp_path / "rec"
         assert main(["play", "--connect", server.address, "--headless", "--fast", "--max-steps", "3",
                      "--record", str(rec)]) == 0

@@ -19,14 +19,14 @@ def headless(monkeypatch):
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
 
 
+FIRST_PROMPT = "pong, neon style"  # not the world's default: a replay must take it from the recording
+
+
 def tiny_session() -> LocalSession:
     """The tiny preset with its zero-initialised layers perturbed, so actions and prompts change the frames."""
-    from tests.conftest import perturb_
-    from worldsdk.world import World
+    from tests.conftest import reactive_world
 
-    world = World.from_preset("tiny", seed=0)
-    perturb_(world.model)
-    return LocalSession(world, {"world": "tiny", "weights_seed": 0})
+    return LocalSession(reactive_world(), {"world": "tiny", "weights_seed": 0})
 
 
 class FrameTap:
@@ -55,7 +55,7 @@ def tick_until(game: Game, done, max_ticks: int = 200) -> None:
 
 def play_scripted(tmp_path) -> tuple[Game, list[np.ndarray]]:
     """Keys, a prompt change, recording switched on mid-episode, a reset, more keys; recording stops at the end."""
-    game = Game(tiny_session(), GameConfig(realtime=False, record_dir=str(tmp_path / "rec"), seed=5))
+    game = Game(tiny_session(), GameConfig(realtime=False, record_dir=str(tmp_path / "rec"), seed=5, prompt=FIRST_PROMPT))
     tap = FrameTap(game)
     game.start()
     script = [key_events("right"), [], key_events("f9"), key_events("right", up=True) + key_events("space"),
@@ -82,6 +82,7 @@ def test_recording_is_written_and_replays_to_the_same_frames(played, tmp_path):
     kinds = [e["type"] for e in rec.events]
     assert kinds[0] == "reset" and kinds.count("reset") == 2 and "prompt" in kinds
     assert rec.events[0]["seed"] == 5 and kinds.count("step") == 9
+    assert rec.events[0]["prompt"] == FIRST_PROMPT and tiny_session().world.spec.default_prompt != FIRST_PROMPT
     assert {"type": "prompt", "text": "pong at night"} in rec.events
     assert all("frames_sha256" in e for e in rec.events if e["type"] != "prompt")
     assert rec.video_start > 0  # recording began mid-episode: the events still start at its reset
@@ -116,6 +117,18 @@ def test_a_tampered_recording_is_reported_as_diverged(played, tmp_path):
     replay = Game(tiny_session(), GameConfig(realtime=False, record_dir=str(tmp_path)), replay=Recording.load(path))
     replay.run()
     assert replay.replay_mismatches and replay.replay_mismatches[0] == step
+
+
+def test_a_recording_with_another_reset_prompt_diverges_at_once(played, tmp_path):
+    # the prompt recorded at reset reaches the world: changing it changes the very first chunk
+    game, _ = played
+    data = json.loads(game.recordings[0].read_text())
+    data["events"][0]["prompt"] = "breakout, grey"
+    path = tmp_path / "other_prompt.json"
+    path.write_text(json.dumps(data))
+    replay = Game(tiny_session(), GameConfig(realtime=False, record_dir=str(tmp_path)), replay=Recording.load(path))
+    replay.run()
+    assert replay.replay_mismatches and replay.replay_mismatches[0] == 0
 
 
 @pytest.mark.parametrize("spec, action", [
