@@ -6,9 +6,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
-from .world_env import NO_REWARD_NOTE, START_MODES
+from .world_env import NO_REWARD_NOTE, START_MODES, check_frame_mode, frames_observation, frames_space
 from worldsdk.bridge import Client
 
 
@@ -23,8 +22,10 @@ class RemoteWorldEnv(gym.Env):
     worlds). An action outside it raises `worldsdk.bridge.ProtocolError` (code `bad_action`).
 
     ## Observation Space
-    `Box(0, 255, (chunk, H, W, 3), uint8)`: the frames of one step, exactly as the world made them
-    (lossy only with `codec="jpeg"`). The arrays are read-only views of the received message.
+    The frames of one step, exactly as the world made them (lossy only with `codec="jpeg"`), shaped
+    as `frames=` asks, as in `worldsdk/World-v0`: "chunk" (default) `Box(0, 255, (chunk, H, W, 3),
+    uint8)`; "last" the chunk's last frame `(H, W, 3)`; "stack" the chunk on the channel axis, oldest
+    first, `(H, W, 3 * chunk)`. "chunk" and "last" arrays are read-only views of the received message.
 
     ## Rewards
     As in `worldsdk/World-v0`, computed by the server: when the served world has a reward model, the
@@ -54,7 +55,8 @@ class RemoteWorldEnv(gym.Env):
     (default: a real start's own prompt, else the world's default prompt). `codec`: "raw", "jpeg", or "shm"
     (exact frames through shared memory, for a server on this machine; see docs/protocol.md).
     `curve_server_key`, `curve_client_key`: key files for CURVE. `start`: "prompt" or "real" (None:
-    "real" when the served world has a bank); "real" without a bank raises ValueError.
+    "real" when the served world has a bank); "real" without a bank raises ValueError. `frames`:
+    "chunk" | "last" | "stack" (see Observation Space).
 
         >>> import gymnasium, worldsdk
         >>> env = gymnasium.make("worldsdk/RemoteWorld-v0", address="tcp://127.0.0.1:5555")
@@ -64,7 +66,8 @@ class RemoteWorldEnv(gym.Env):
 
     def __init__(self, address: str, render_mode: str | None = None, timeout_ms: int = 30_000, retries: int = 1,
                  prompt: str | None = None, codec: str = "raw", curve_server_key=None, curve_client_key=None,
-                 start: str | None = None):
+                 start: str | None = None, frames: str = "chunk"):
+        self.frames = check_frame_mode(frames)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.client = Client(address, timeout_ms=timeout_ms, retries=retries, codec=codec,
@@ -80,7 +83,7 @@ class RemoteWorldEnv(gym.Env):
         self.metadata = {**self.metadata, "render_fps": info.spec.fps}
         self.render_mode = render_mode
         self.prompt = prompt or info.spec.default_prompt
-        self.observation_space = spaces.Box(0, 255, info.observation_shape, np.uint8)
+        self.observation_space = frames_space(info.observation_shape, self.frames)
         self.action_space = info.action_space
         self._frames: np.ndarray | None = None
 
@@ -113,7 +116,8 @@ class RemoteWorldEnv(gym.Env):
         info = {"prompt": prompt, "start": started.start}
         if started.start_index is not None:
             info["start_index"] = started.start_index
-        return self._frames, {**info, **self._reward_info(self.info.predicts_rewards), "session": self.client.session}
+        observation = frames_observation(self._frames, self.frames)
+        return observation, {**info, **self._reward_info(self.info.predicts_rewards), "session": self.client.session}
 
     def step(self, action):
         if self._frames is None:
@@ -123,7 +127,7 @@ class RemoteWorldEnv(gym.Env):
         info = self._reward_info(result.reward_predicted)
         if result.reward_predicted:
             info["frame_rewards"] = result.frame_rewards
-        return self._frames, result.reward, result.terminated, False, {**info, "step": result.chunk}
+        return frames_observation(self._frames, self.frames), result.reward, result.terminated, False, {**info, "step": result.chunk}
 
     @staticmethod
     def _reward_info(predicted: bool) -> dict[str, Any]:

@@ -24,17 +24,18 @@ def _open(world: World | str, device: str) -> World:
 FRAME_MODES = ("chunk", "last", "stack")
 
 
-def _frame_mode(frames: str) -> str:
+def check_frame_mode(frames: str) -> str:
     if frames not in FRAME_MODES:
         raise ValueError(f"frames must be one of {FRAME_MODES}, got {frames!r}")
     return frames
 
 
-def frames_space(world: World, frames: str) -> spaces.Box:
-    """The observation space of one env: the chunk as generated, its last frame, or the chunk stacked on channels."""
-    chunk, height, width, channels = world.observation_shape
+def frames_space(observation_shape: tuple[int, int, int, int], frames: str) -> spaces.Box:
+    """The observation space of one env whose world makes chunks of `observation_shape` (chunk, H, W, 3):
+    the chunk as generated, its last frame, or the chunk stacked on channels."""
+    chunk, height, width, channels = observation_shape
     shape = {"chunk": (chunk, height, width, channels), "last": (height, width, channels),
-             "stack": (height, width, channels * chunk)}[_frame_mode(frames)]
+             "stack": (height, width, channels * chunk)}[check_frame_mode(frames)]
     return spaces.Box(0, 255, shape, np.uint8)
 
 
@@ -128,7 +129,7 @@ class WorldEnv(gym.Env):
                  device: str = "cpu", start: str | None = None, frames: str = "chunk"):
         self.world = _open(world, device)
         spec = self.world.spec
-        self.frames = _frame_mode(frames)
+        self.frames = check_frame_mode(frames)
         self.start = _start_mode(self.world, start)
         self._prompt_given = prompt is not None
         self.metadata = {**self.metadata, "render_fps": _fps(spec.fps)}
@@ -136,7 +137,7 @@ class WorldEnv(gym.Env):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.render_mode = render_mode
         self.prompt = prompt or spec.default_prompt
-        self.observation_space = frames_space(self.world, self.frames)
+        self.observation_space = frames_space(self.world.observation_shape, self.frames)
         self.action_space = spec.action.to_space()
         self._state: WorldState | None = None
         self._frames: np.ndarray | None = None
@@ -254,7 +255,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
                  start: str | None = None, frames: str = "chunk",
                  autoreset_mode: str | gym.vector.AutoresetMode = "next_step"):
         self.world = _open(world, device)
-        self.frames = _frame_mode(frames)
+        self.frames = check_frame_mode(frames)
         self.autoreset_mode = AUTORESET_MODES.get(autoreset_mode, autoreset_mode)
         if self.autoreset_mode not in AUTORESET_MODES.values():
             raise ValueError(f"autoreset_mode must be one of {sorted(AUTORESET_MODES)}, got {autoreset_mode!r}")
@@ -266,7 +267,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self._episode_start = self.start
         self.max_episode_steps = max_episode_steps
         self.metadata = {**self.metadata, "render_fps": _fps(self.world.spec.fps), "autoreset_mode": self.autoreset_mode}
-        self.single_observation_space = frames_space(self.world, self.frames)
+        self.single_observation_space = frames_space(self.world.observation_shape, self.frames)
         self.single_action_space = self.world.spec.action.to_space()
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
