@@ -7,7 +7,7 @@ the step requests of all sessions that are waiting as ONE batched forward (new-s
 likewise as one `init_state`). Requests of one session are answered in the order they came.
 
 When the world carries a reward model, every step reply also carries the rewards it predicts for
-the session's chunk (one `predicted_rewards` call per batched step); when it carries a bank of real
+the session's chunk (read from the batched step's `StepResult`); when it carries a bank of real
 starts, a reset may continue from one of them instead of generating its first chunk.
 
 Sessions belong to the client (ZeroMQ routing id) that created them and are named by an unguessable
@@ -651,9 +651,9 @@ class Server:
     def _step_sessions(self, steps: list[tuple[Request, Session, Any]]) -> None:
         try:
             states = [session.state for _, session, _ in steps]
-            frames, state = self.world.step_state(type(states[0]).stack(states), [action for _, _, action in steps])
-            rewards = self._rewards(state)
-            new_states = state.split()
+            result = self.world.step_state(type(states[0]).stack(states), [action for _, _, action in steps])
+            frames, rewards = result.frames, self._rewards(result)
+            new_states = result.state.split()
             self.batch_sizes[len(steps)] += 1
         except Exception:
             if len(steps) == 1:
@@ -671,12 +671,12 @@ class Server:
             session.last_played = time.monotonic()
             self._send_frames(request, session, frames[i], rewards[i].to_wire())
 
-    def _rewards(self, state) -> list[StepRewards]:
-        """The reward model's predictions for a batched step, per session: one call for the whole batch."""
-        if self.world.reward_model is None or state.rewards is None:  # no model, or sessions opened before it was attached
-            return [NO_REWARDS] * state.batch_size
-        rewards, terminated = self.world.predicted_rewards(state)  # float32 (B, F), bool (B, F)
-        return [StepRewards(float(r.sum()), bool(t.any()), r.tolist()) for r, t in zip(rewards, terminated)]
+    @staticmethod
+    def _rewards(result) -> list[StepRewards]:
+        """The reward model's predictions of a batched step's result, per session."""
+        if result.rewards is None:  # no model, or sessions opened before it was attached
+            return [NO_REWARDS] * len(result.frames)
+        return [StepRewards(float(r.sum()), bool(t.any()), r.tolist()) for r, t in zip(result.rewards, result.terminated)]
 
     def _expire(self) -> None:
         deadline = time.monotonic() - self.lease_s

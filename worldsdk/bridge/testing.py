@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from worldsdk.config import ActionSpec, WorldSpec
+from worldsdk.world import StepResult
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class NoiseWorld:
         codes = tuple(_mix(c, zlib.crc32(repr(np.asarray(a).tolist()).encode())) for c, a in zip(state.codes, actions))
         if self.step_seconds:
             time.sleep(self.step_seconds)
-        return self._frames(codes), NoiseState(codes)
+        return StepResult(self._frames(codes), NoiseState(codes))
 
     def prompt_state(self, state: NoiseState, prompts, indices=None):
         indices = range(state.batch_size) if indices is None else indices
@@ -107,8 +108,9 @@ class NoiseWorld:
         return frames[0]
 
     def step(self, action) -> np.ndarray:
-        frames, self._state = self.step_state(self._state, [action])
-        return frames[0]
+        result = self.step_state(self._state, [action])
+        self._state = result.state
+        return result.frames[0]
 
     def set_prompt(self, text: str) -> None:
         self._state = self.prompt_state(self._state, [text])
