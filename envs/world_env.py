@@ -169,13 +169,12 @@ class WorldEnv(gym.Env):
     def step(self, action):
         if self._state is None:
             raise gym.error.ResetNeeded("call reset() before step()")
-        frames, self._state = self.world.step_state(self._state, [action])
-        self._frames = frames[0]
+        result = self.world.step_state(self._state, [action])
+        self._state, self._frames = result.state, result.frames[0]
         reward, terminated, info = 0.0, False, self._reward_info()
-        if self.world.reward_model is not None:
-            rewards, ends = self.world.predicted_rewards(self._state)
-            reward, terminated = float(rewards[0].sum()), bool(ends[0].any())
-            info["frame_rewards"] = rewards[0]
+        if result.rewards is not None:
+            reward, terminated = float(result.rewards[0].sum()), bool(result.terminated[0].any())
+            info["frame_rewards"] = result.rewards[0]
         if self.render_mode == "human":
             self.render()
         return frames_observation(self._frames, self.frames), reward, terminated, False, {**info, "step": self._state.steps[0]}
@@ -294,16 +293,17 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         if self._state is None:
             raise gym.error.ResetNeeded("call reset() before step()")
         per_env = list(gym.vector.utils.iterate(self.action_space, actions))
-        frames, self._state = self.world.step_state(self._state, per_env)
+        result = self.world.step_state(self._state, per_env)
+        frames, self._state = result.frames, result.state
         self._episode_steps += 1
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
         env_infos: list[dict[str, Any]] = [{**reward_info(self.world), "step": int(n)} for n in self._state.steps]
-        if self.world.reward_model is not None:
-            frame_rewards, ends = self.world.predicted_rewards(self._state)
+        if result.rewards is not None:
+            frame_rewards = result.rewards
             rewards[:] = frame_rewards.sum(axis=1)
-            terminated = ends.any(axis=1) & ~self._needs_reset
+            terminated = result.terminated.any(axis=1) & ~self._needs_reset
             rewards[self._needs_reset] = 0.0
             for b, info in enumerate(env_infos):
                 info["frame_rewards"] = frame_rewards[b]

@@ -45,10 +45,10 @@ def step_fps(preset: str, steps: int, batch_size: int = 1) -> dict:
     _, state = world.init_state(batch_size, seeds=list(range(batch_size)))
     actions = [world.spec.action.noop_action()] * batch_size
     for _ in range(3):  # warm-up, fills part of the window
-        _, state = world.step_state(state, actions)
+        state = world.step_state(state, actions).state
     start = time.perf_counter()
     for _ in range(steps):
-        _, state = world.step_state(state, actions)
+        state = world.step_state(state, actions).state
     elapsed = time.perf_counter() - start
     frames = steps * batch_size * world.chunk_frames
     return {"preset": preset, "batch_size": batch_size, "frames_per_s": frames / elapsed,
