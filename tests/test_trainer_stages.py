@@ -195,3 +195,26 @@ def test_snapshot_of_the_last_checkpoint_is_the_world_the_run_wrote(chain, tmp_p
     with pytest.raises(SystemExit) as stop:
         main([str(run_dir), "--step", "3"])
     assert stop.value.code == 2 and "has no checkpoint at step 3; it has steps [2, 4]" in capsys.readouterr().err
+
+
+def test_teacher_logs_the_learnability_probe_at_each_eval(chain, tmp_path):
+    """stage.probe_data: every eval logs the probe's scores per sigma and the keys' effect; the controls
+    (autoencoder ceiling, repeat-the-last-frame floor) once. Scores are over every frame after each clip's
+    first chunk: 4 episodes x 2 clips x (8 - 2) frames, split into frames with and without a ball."""
+    from trainers.logger import read_metrics
+
+    root, ae, latents = chain
+    stage = {"name": "teacher", "latents": latents, "autoencoder": ae, "probe_data": str(root / "pong"),
+             "probe_split": "all", "probe_clips_per_episode": 2, "probe_sigmas": [1.0, 0.5]}
+    run({"run_dir": str(tmp_path / "t"), "loop": loop(5, eval_every=2), "model": TINY, "stage": stage})
+    evals = [r for r in read_metrics(tmp_path / "t") if any(k.startswith("eval/probe/") for k in r)]
+    assert [r["step"] for r in evals] == [2, 4]
+    for record in evals:
+        for sigma in ("1", "0.5"):
+            assert record[f"eval/probe/{sigma}/ball_frames"] + record[f"eval/probe/{sigma}/no_ball_frames"] == 4 * 2 * 6
+            assert 0.0 <= record[f"eval/probe/{sigma}/paddle_found"] <= 1.0
+        assert "eval/probe/keys/pass_rate" in record and "eval/probe/keys/separation_px" in record
+    assert "eval/probe/autoencoder/ball_recall" in evals[0] and "eval/probe/autoencoder/ball_recall" not in evals[1]
+    assert evals[0]["eval/probe/repeat_last_frame/paddle_found"] > 0.9  # real frames: the paddle is there
+    with pytest.raises(ValueError, match="probe_split must be test or all"):
+        run({"run_dir": str(tmp_path / "u"), "loop": loop(1), "model": TINY, "stage": {**stage, "probe_split": "val"}})

@@ -25,6 +25,9 @@ from ..stage import ModelChoice, OptimizerConfig, RunContext, Stage, Update
 from . import worlds
 from worldsdk.config import MODEL_PRESETS
 from worldsdk.data.datasets import collate_clips
+from worldsdk.data.store import EpisodeStore
+from worldsdk.evaluation import opposite_actions
+from worldsdk.probe import load_clips, probe
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,13 @@ class TeacherStageConfig:
     foreground_weight: float = 4.0
     timestep_shift: float = 0.0  # 0: the preset's (or the initial world's) schedule; else written into the world's
     ema_decay: float = 0.999
+    # A recorded dataset of the same game: each eval (loop.eval_every) runs the learnability probe
+    # (worldsdk/probe.py) on its test split (all of it with probe_split=all): ball recall, paddle
+    # error and the keys' effect from history at each sigma, logged as eval/probe/<sigma>/<metric>.
+    probe_data: str = ""
+    probe_split: str = "test"  # test | all
+    probe_sigmas: tuple[float, ...] = (1.0, 0.25)
+    probe_clips_per_episode: int = 4
     # Held at 1e-3: a teacher learns to use its history in a sudden transition, which a decayed rate
     # postpones past the end of a CPU budget (docs/worlds.md, "Why the first teacher ignored its history").
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
@@ -71,6 +81,15 @@ class TeacherStage(Stage):
         if config.timestep_shift:
             self.spec = replace(self.spec, timestep_shift=config.timestep_shift)
         self.schedule = self.spec.schedule  # trained on the grid the world will sample on
+        self.probe_clips, self._probe_controls_logged = None, False
+        if config.probe_data:
+            if config.probe_split not in ("test", "all"):
+                raise ValueError(f"stage.probe_split must be test or all, got {config.probe_split!r}")
+            frames = self.data.clip_len * self.autoencoder.config.temporal_stride
+            self.probe_clips = load_clips(config.probe_data, frames, config.probe_clips_per_episode,
+                                          split=None if config.probe_split == "all" else "test")
+            meta = EpisodeStore(config.probe_data).meta()
+            self.probe_keys = opposite_actions(meta.action_meanings, meta.game) if meta.action_meanings else None
         self.model.to(ctx.device).train()
         self.text_encoder.to(ctx.device).train()
         self.autoencoder.eval()
@@ -95,6 +114,17 @@ class TeacherStage(Stage):
         cond = drop_conditioning(cond, self.config.p_drop_text, self.config.p_drop_action)
         weight = worlds.foreground_weight(x0, self.config.foreground_weight)
         return teacher_loss(self.model, x0, cond, self.config.mode, self.schedule, weight)
+
+    def evaluate(self, step: int, weights: Mapping[str, nn.Module]) -> dict[str, float]:
+        if self.probe_clips is None:
+            return {}
+        world = worlds.world_of(weights["model"], weights["text_encoder"], self.autoencoder, self.spec)
+        results = probe(world, self.probe_clips, self.config.probe_sigmas, actions=self.probe_keys)
+        controls = ("autoencoder", "repeat_last_frame")  # the ceiling and the floor: the same at every eval
+        metrics = {f"probe/{key}/{name}": float(value) for key, scores in results.items()
+                   if key not in controls or not self._probe_controls_logged for name, value in scores.items()}
+        self._probe_controls_logged = True
+        return metrics
 
     def sample(self, step: int, weights: Mapping[str, nn.Module], out_dir: Path) -> None:
         # The teacher is a many-step model: sample it with 8 warped steps rather than the student's 4.

@@ -101,10 +101,15 @@ def foreground_weight(x0: torch.Tensor, weight: float, threshold: float = 1.0) -
     return 1.0 + weight * mask
 
 
+def world_of(model: CausalDiT, text_encoder: ByteTextEncoder, autoencoder: FrameAutoencoder, spec: WorldSpec) -> World:
+    """A playable World of fp32 CPU copies of a stage's modules (the training ones stay untouched)."""
+    return World(_cpu_copy(model), _cpu_copy(autoencoder), _cpu_copy(text_encoder), spec)
+
+
 def save_world(ctx: RunContext, model: CausalDiT, text_encoder: ByteTextEncoder, autoencoder: FrameAutoencoder,
                spec: WorldSpec, info: dict) -> Path:
     """Write the stage's result as a playable world file in the run folder."""
-    world = World(_cpu_copy(model), _cpu_copy(autoencoder), _cpu_copy(text_encoder), spec)
+    world = world_of(model, text_encoder, autoencoder, spec)
     path = world.save(ctx.run_dir / WORLD_FILE, info={"trained": True, **info})
     log.info("wrote %s", path)
     return path
@@ -125,8 +130,7 @@ def sample_rollouts(path: Path, model: CausalDiT, text_encoder: ByteTextEncoder,
                     clips: int = 2) -> Path:
     """Video of real clips (top) over the model's streaming rollouts from their first chunk under the
     same actions (bottom)."""
-    sample_spec = spec if steps is None else replace(spec, denoising_steps=steps)
-    world = World(_cpu_copy(model), _cpu_copy(autoencoder), _cpu_copy(text_encoder), sample_spec)
+    world = world_of(model, text_encoder, autoencoder, spec if steps is None else replace(spec, denoising_steps=steps))
     fc = model.config.frames_per_chunk
     rows = []
     for i in np.linspace(0, len(dataset) - 1, clips).round().astype(int):

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The long Pong teacher run on the 2-core CPU, one thread, resumable across sessions and machines.
+#
+#   nohup bash benchmarks/pong_long_run.sh > runs/pong3.log 2>&1 &
+#
+# Every step is skipped when its output exists and resumes from its last checkpoint otherwise, so the
+# same command picks the run up after Ctrl-C, a time limit or on a new machine (where it first
+# re-records the games and retrains the autoencoder: recordings are seeded, about 40 min in all).
+# Probe a checkpoint while it trains:
+#   python -m trainers.snapshot runs/pong3/teacher-causal
+#   python benchmarks/learnability.py --worlds runs/pong3/teacher-causal/snapshots/step_<N>/world.safetensors --data data/pong-fresh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. .venv/bin/activate
+RUN=${RUN:-runs/pong3}
+AE_STEPS=${AE_STEPS:-8000}
+TEACHER_STEPS=${TEACHER_STEPS:-30000}
+MODEL=${MODEL:-small-ctx}
+export OMP_NUM_THREADS=1
+mkdir -p "$RUN"
+
+if [ ! -f data/pong/index.json ]; then
+  worldsdk record --env ALE/Pong-v5 --episodes 60 --policy scripted --seed 0 --style-switch-fraction 0.25 --out data/pong --quiet
+  worldsdk record --env ALE/Pong-v5 --episodes 40 --policy random --seed 1000 --style-switch-fraction 0.25 --out data/pong --quiet
+fi
+if [ ! -f data/pong-fresh/index.json ]; then  # held out: new seeds, both players
+  worldsdk record --env ALE/Pong-v5 --episodes 6 --policy scripted --seed 7000 --style-switch-fraction 0.25 --out data/pong-fresh --quiet
+  worldsdk record --env ALE/Pong-v5 --episodes 6 --policy random --seed 8000 --style-switch-fraction 0.25 --out data/pong-fresh --quiet
+fi
+
+AE="$RUN/autoencoder/autoencoder.safetensors"
+[ -f "$AE" ] || worldsdk-train stage=autoencoder model=small data=data/pong run_dir="$RUN/autoencoder" \
+  loop.max_steps="$AE_STEPS" loop.threads=1 loop.eval_every=4000 loop.checkpoint_every=500 loop.progress=false
+
+python -c "
+from worldsdk.autoencoder import load_autoencoder
+from worldsdk.data.latents import build_latent_cache
+build_latent_cache('data/pong', load_autoencoder('$AE'), '$RUN/latents', progress=False)"  # encodes only what is missing
+
+worldsdk-train stage=teacher model="$MODEL" stage.latents="$RUN/latents" stage.autoencoder="$AE" \
+  run_dir="$RUN/teacher-causal" loop.max_steps="$TEACHER_STEPS" loop.batch_size=8 loop.precision=bf16 loop.threads=1 \
+  loop.checkpoint_every=200 loop.keep_checkpoints=4 loop.log_every=20 loop.progress=false
