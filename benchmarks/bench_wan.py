@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from worldsdk.config import ModelConfig, WorldSpec, preset
-from worldsdk.wan import random_world
+from worldsdk import World
+from worldsdk.wan import random_world_parts
 
 
 def tiny_parts() -> tuple[ModelConfig, WorldSpec, dict]:
@@ -78,8 +79,8 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     model_config, spec, vae_config = tiny_parts() if args.tiny else full_parts()
-    world = random_world(model_config, spec, vae_config, device=device, dtype=dtype, attention=args.attention,
-                         compile=args.compile)
+    world = World.from_parts(random_world_parts(model_config, spec, vae_config, dtype=dtype), device, dtype=dtype,
+                             attention=args.attention, compile=args.compile)
     clip_chunks = model_config.latent_frames_max // model_config.frames_per_chunk  # 7: the trained 81-frame clip
     timer = PartTimer(world, device)
     sync = timer.sync

@@ -120,10 +120,10 @@ def test_wan_worlds_are_saved_as_folders_not_files(world, tmp_path):
 def test_bad_world_folders_are_named(folder, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a folder with a world.json"):
         World.load(tmp_path)
-    from worldsdk.wan import load_world
+    from worldsdk.wan import open_world_parts
 
     with pytest.raises(FileNotFoundError, match="no world.json"):
-        load_world(tmp_path)
+        open_world_parts(tmp_path)
     manifest = json.loads((folder / "world.json").read_text())
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -37,10 +37,11 @@ import numpy as np
 import torch
 
 from worldsdk import checkpoint
-from worldsdk.autoencoder import AUTOENCODER_PRESETS, AutoencoderConfig, FrameAutoencoder
+from worldsdk.autoencoder import AutoencoderConfig, FrameAutoencoder
 from worldsdk.codec import VideoCodec, as_codec
-from worldsdk.config import MODEL_PRESETS, ModelConfig, WorldSpec, preset
+from worldsdk.config import MODEL_PRESETS, ModelConfig, WorldSpec
 from worldsdk.model import ByteTextConfig, ByteTextEncoder, CausalDiT, KVCache, TextEncoder
+from worldsdk.presets import get_preset, text_config
 from worldsdk.reward import RewardConfig, RewardModel, RewardState
 from worldsdk.rollout import FewStepSampler, Sampler, calls_per_chunk, stream_chunk
 
@@ -194,13 +195,20 @@ class World:
     @classmethod
     def from_preset(cls, name: str, seed: int = 0, device: str | torch.device = "cpu", **options) -> "World":
         """A world of a named preset with random (untrained) weights, seeded. `options`: dtype, attention, compile."""
-        model_config, spec = preset(name)
-        ae_config = AUTOENCODER_PRESETS.get(name, AutoencoderConfig(latent_channels=model_config.latent_channels, num_down=3))
+        row = get_preset(name)
+        # a preset decoded by the Wan VAE gets a frame autoencoder of the same latents here (random weights)
+        ae_config = row.autoencoder or AutoencoderConfig(latent_channels=row.model.latent_channels, num_down=3)
         torch.manual_seed(seed)
-        model = CausalDiT(model_config)
+        model = CausalDiT(row.model)
         autoencoder = FrameAutoencoder(ae_config)
-        text = ByteTextEncoder(_text_config(model_config))
-        return cls(model, autoencoder, text, spec, device, info={"source": f"preset:{name}", "trained": False}, **options)
+        text = ByteTextEncoder(row.text)
+        return cls(model, autoencoder, text, row.spec, device, info={"source": f"preset:{name}", "trained": False}, **options)
+
+    @classmethod
+    def from_parts(cls, parts, device: str | torch.device = "cpu", **options) -> "World":
+        """A world from its parts (`worldsdk.wan.WorldParts`: model, autoencoder or video codec, text encoder,
+        spec, info). `options`: dtype, attention, compile."""
+        return cls(parts.model, parts.autoencoder, parts.text_encoder, parts.spec, device, info=parts.info, **options)
 
     @classmethod
     def load(cls, name_or_path: str | Path, device: str | torch.device = "cpu", **options) -> "World":
@@ -209,9 +217,9 @@ class World:
         `options`: dtype, attention, compile (see `World.__init__`)."""
         path = Path(name_or_path)
         if (path / "world.json").is_file() or (path.is_file() and path.name == "world.json"):
-            from worldsdk.wan import load_world
+            from worldsdk.wan.world import open_world_parts
 
-            return load_world(path, device=device, **options)
+            return cls.from_parts(open_world_parts(path, dtype=options.get("dtype")), device, **options)
         if not path.is_file():
             shipped = SHIPPED_WORLDS_DIR / f"{name_or_path}.safetensors"
             if shipped.is_file():
@@ -557,11 +565,7 @@ class World:
         return context[-chunk:].copy()
 
 
-def _text_config(model_config: ModelConfig) -> ByteTextConfig:
-    width = min(model_config.text_dim, 256)
-    heads = 4 if width >= 64 else 2
-    return ByteTextConfig(text_len=model_config.text_len, text_dim=model_config.text_dim, num_layers=2, num_heads=heads,
-                          width=0 if width == model_config.text_dim else width)
+_text_config = text_config  # the name trainers imported before `worldsdk.presets.text_config` was public
 
 
 def _per_item(values, n: int, default, what: str) -> list:

@@ -10,10 +10,10 @@ from worldsdk.wan.checkpoint import (
 )
 from worldsdk.wan.text import UMT5TextEncoder
 from worldsdk.wan.vae import WanDecoderState, WanVAE, WanVAEConfig
-from worldsdk.wan.world import WanWorldFiles, load_world, random_world, write_world_json
+from worldsdk.wan.world import WanWorldFiles, WorldParts, open_world_parts, random_world_parts, write_world_json
 
 __all__ = [
     "UMT5TextEncoder", "WanDecoderState", "WanVAE", "WanVAEConfig", "WanWorldFiles", "diffusers_to_wan",
-    "infer_model_config", "load_transformer", "load_world", "random_world", "read_state_dict", "save_transformer",
-    "wan_to_diffusers", "write_world_json",
+    "WorldParts", "infer_model_config", "load_transformer", "open_world_parts", "random_world_parts", "read_state_dict",
+    "save_transformer", "wan_to_diffusers", "write_world_json",
 ]

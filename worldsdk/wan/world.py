@@ -1,5 +1,8 @@
 """Wan worlds: a folder with `world.json` naming its parts, opened by `World.load(folder)`.
 
+This module builds a world's parts (`WorldParts`) and never imports the runtime: `World.load` and
+`World.from_parts` put them together, so `worldsdk.world` depends on `worldsdk.wan` and not back.
+
     my-world/
       world.json          {"format": "worldsdk-wan-world", "transformer": "causal_forcing.pt", ...}
       causal_forcing.pt   the DiT: Wan / Self Forcing / Causal Forcing .pt, safetensors (sharded or not),
@@ -29,11 +32,22 @@ from worldsdk.model import ByteTextConfig, ByteTextEncoder, CausalDiT
 from worldsdk.wan.checkpoint import load_transformer
 from worldsdk.wan.text import UMT5TextEncoder
 from worldsdk.wan.vae import WanVAE
-from worldsdk.world import World
 
 FORMAT = "worldsdk-wan-world"
 FORMAT_VERSION = 1
 WORLD_FILE = "world.json"
+
+
+@dataclass
+class WorldParts:
+    """What a world is made of, before `World.from_parts` runs it: the DiT, the video codec, the text
+    encoder, the spec and the info it reports."""
+
+    model: CausalDiT
+    autoencoder: torch.nn.Module
+    text_encoder: torch.nn.Module
+    spec: WorldSpec
+    info: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,10 +102,9 @@ def _resolve(folder: Path, name: str) -> Path:
     return path if path.is_absolute() else folder / path
 
 
-def load_world(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-               **options) -> World:
-    """Open a Wan world folder (or its world.json). `dtype` applies to the DiT, the VAE and UMT5;
-    `options` (attention, compile) go to `World`."""
+def open_world_parts(path: str | Path, dtype: torch.dtype | None = None) -> WorldParts:
+    """The parts of a Wan world folder (or its world.json); `dtype` applies to the VAE and UMT5 here,
+    and to the DiT when `World.from_parts(parts, dtype=...)` casts it. `World.load(folder)` calls this."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     manifest = folder / WORLD_FILE
@@ -117,13 +130,14 @@ def load_world(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     if text.text_dim != model.config.text_dim:
         raise CheckpointError(f"{manifest}: the text encoder gives {text.text_dim}-d features, the DiT expects {model.config.text_dim}")
     info = {**files.info, "source": str(folder), "transformer": str(transformer), "trained": files.info.get("trained", True)}
-    return World(model, vae, text, spec, device, info=info, dtype=dtype, **options)
+    return WorldParts(model, vae, text, spec, info)
 
 
-def random_world(model_config: ModelConfig, spec: WorldSpec, vae_config: Mapping | None = None, seed: int = 0,
-                 device: str | torch.device = "cpu", dtype: torch.dtype | None = None, **options) -> World:
-    """A Wan world with random weights: CausalDiT, a diffusers AutoencoderKLWan (Wan2.1's shape unless
-    `vae_config` says otherwise) and a small byte text encoder in place of UMT5 (benchmarks, tests)."""
+def random_world_parts(model_config: ModelConfig, spec: WorldSpec, vae_config: Mapping | None = None, seed: int = 0,
+                       dtype: torch.dtype | None = None) -> WorldParts:
+    """The parts of a Wan world with random weights: CausalDiT, a diffusers AutoencoderKLWan (Wan2.1's
+    shape unless `vae_config` says otherwise) and a small byte text encoder in place of UMT5 (benchmarks,
+    tests); run them with `World.from_parts(parts, device, dtype=dtype)`."""
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(seed)
@@ -139,4 +153,4 @@ def random_world(model_config: ModelConfig, spec: WorldSpec, vae_config: Mapping
     text = ByteTextEncoder(ByteTextConfig(text_len=model_config.text_len, text_dim=model_config.text_dim, num_layers=1,
                                           num_heads=4, width=min(256, model_config.text_dim)))
     info = {"source": "random:wan", "trained": False}
-    return World(CausalDiT(model_config), vae, text, spec, device, info=info, dtype=dtype, **options)
+    return WorldParts(CausalDiT(model_config), vae, text, spec, info)
