@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.conftest import reactive_world
 from worldsdk import World
 from worldsdk.evaluation import colour_histogram, commanded_direction, histogram_distance, motion, psnr, ssim
 
@@ -39,8 +40,7 @@ def recorded(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("eval")
     record("ALE/Pong-v5", root / "pong", episodes=30, policy="scripted", size=(32, 32), max_steps=40, seed=0)
-    world = World.from_preset("tiny")
-    return root, world.save(root / "tiny.safetensors")
+    return root, reactive_world().save(root / "tiny.safetensors")
 
 
 def test_eval_command_writes_json_markdown_and_plot(recorded):
@@ -52,8 +52,11 @@ def test_eval_command_writes_json_markdown_and_plot(recorded):
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((out / "eval.json").read_text())
     assert set(results["fidelity"]) == {"1", "4", "16"} and results["replays"] == 2
-    assert 0.0 <= results["action_following"]["real"] <= 1.0
+    assert 0.0 <= results["action_following"]["real"] <= 1.0 and 0.0 <= results["action_following"]["blind"] <= 1.0
+    assert {"psnr", "autoencoder_psnr", "blind_psnr", "ssim", "autoencoder_ssim", "blind_ssim"} <= set(results["fidelity"]["16"])
     assert results["motion"]["real"] >= 0 and results["cost"]["model_calls_per_frame"] == 2.5
+    assert set(results["drift_controls"]) == {"real", "noise"} and set(results["objects"]) == {"world", "real", "noise"}
+    assert "blind_ball_recall" in results["objects_in_replays"] and "blind_pass_rate" in results["action_test"]
     assert (out / "eval.md").read_text().startswith("# Evaluation") and (out / "eval.png").stat().st_size > 0
 
 
@@ -103,6 +106,41 @@ def test_opposite_keys_test_passes_a_world_that_follows_keys_and_fails_one_that_
     assert follows["world_pass_rate"] == 1.0 and follows["world_separation_px"] == pytest.approx(36.0, abs=0.5)
     assert 0.5 < follows["distance_ratio"] < 1.5
     assert ignores["world_pass_rate"] == 0.0 and ignores["world_separation_px"] == 0.0
+    # the floor (one key in both arms) of a key-following world is no separation at all
+    assert follows["blind_pass_rate"] == 0.0 and follows["blind_separation_px"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def pong_recording(tmp_path_factory):
+    from worldsdk.data.recorder import record
+
+    root = tmp_path_factory.mktemp("pong64")
+    record("ALE/Pong-v5", root, episodes=4, policy="scripted", max_steps=60, seed=0)
+    return root
+
+
+def test_every_eval_metric_separates_its_ceiling_from_its_action_blind_floor(pong_recording):
+    # On real Pong frames and the shipped pong world's autoencoder, each metric must score the ceiling
+    # control (real frames, or their reconstruction) clearly above the action-blind floor (the real clip
+    # one horizon away, or noise); else a world's figure beside them would say nothing.
+    from worldsdk.evaluation import evaluate
+
+    r = evaluate(World.load("pong"), str(pong_recording), episodes=4, starts_per_episode=2, horizon=16, long_steps=4,
+                 action_trials=0, split="all")
+    assert r["replays"] == 8
+    for h, v in r["fidelity"].items():
+        assert v["autoencoder_psnr"] > v["blind_psnr"] + 3 and v["autoencoder_ssim"] > v["blind_ssim"], h
+    a = r["action_following"]
+    assert a["real"] > a["blind"] + 0.15 and a["samples"] > 50
+    b = r["objects_in_replays"]
+    assert b["autoencoder_ball_recall"] > b["blind_ball_recall"] + 0.3
+    assert b["autoencoder_paddle_within_2px"] > b["blind_paddle_within_2px"] + 0.3
+    assert r["drift_controls"]["real"] < r["drift_controls"]["noise"] - 0.1
+    o = r["objects"]
+    assert o["real"]["no_doubled_objects"] > o["noise"]["no_doubled_objects"] + 0.5
+    assert o["real"]["ball_at_most_one"] > o["noise"]["ball_at_most_one"] + 0.5
+    # motion is not an action metric: the shifted real clip moves as much as the real one
+    assert 0.5 < r["motion"]["blind"] / r["motion"]["real"] < 2
 
 
 def test_opposite_keys_test_fails_an_untrained_world():

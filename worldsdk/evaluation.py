@@ -11,6 +11,15 @@ the real ones:
   cost       model calls and wall time per generated frame.
 Results go to JSON, a Markdown table and plots in `--out`.
 
+Controls. Every metric is reported beside the same metric on two controls of the same run, so that a
+figure is read against what it separates: the real frames (the ceiling; for PSNR and SSIM, which real
+frames reach trivially, the world's autoencoder reconstruction of them) and an action-blind stand-in
+(the floor): for the replays, the real clip `horizon` frames away in the same episode (`shifted_clip`:
+real-looking frames played under other actions); for the opposite-keys test, the world holding the
+first key twice with two noise seeds; for the long rollout (drift, objects), uniform noise frames. A
+world whose figure is at the floor has not shown what the metric asks (motion, for one, is matched by
+the shifted real clip: it says how much moves, not whether the actions move it).
+
 A world is sampled the way its training meant it to be (`Sampler`): students with their few-step
 sampler (the world's own `step`), teachers (a world file written by stage=teacher) with the PF-ODE
 sampler their ODE pairs came from: 48 Euler steps with classifier-free guidance, the unconditional
@@ -188,6 +197,13 @@ def replay(world, frames: np.ndarray, actions: np.ndarray, prompt: str, start: i
     return np.concatenate(out)[:length]
 
 
+def shifted_clip(frames: np.ndarray, start: int, length: int) -> np.ndarray:
+    """The real frames `length` frames before `start` (after it, near an episode's start): a clip that looks
+    like the game but was played under other actions, the action-blind control of the replay metrics."""
+    other = start - length if start >= length else min(start + length, len(frames) - length)
+    return frames[other : other + length]
+
+
 def reconstruct(world, frames: np.ndarray) -> np.ndarray | None:
     """Real frames through the world's autoencoder (encode, decode); None for a video codec whose
     latent frames span several pixel frames."""
@@ -233,10 +249,11 @@ def evaluate(world, dataset_dir: str, episodes: int = 8, starts_per_episode: int
     if used_split == "all":
         log.info("evaluating on all %d episodes of %s (no test split: a recording the world never saw)", len(test), dataset_dir)
     chunk = world.chunk_frames
-    per_h = {h: {"psnr": [], "ssim": []} for h in HORIZONS if h <= horizon}
-    follow = {"generated": [], "real": []}
-    scored: dict[str, list] = {"real": [], "generated": [], "autoencoder": [], "styles": []}
-    motions = {"generated": [], "real": []}
+    per_h = {h: {f"{source}{m}": [] for source in ("", "autoencoder_", "blind_") for m in ("psnr", "ssim")}
+             for h in HORIZONS if h <= horizon}
+    follow = {"generated": [], "real": [], "blind": []}
+    scored: dict[str, list] = {"real": [], "generated": [], "autoencoder": [], "blind": [], "styles": []}
+    motions = {"generated": [], "real": [], "blind": []}
     real_frames_all = []
     seeds = []
     cost_frames, cost_time = 0, 0.0
@@ -257,12 +274,16 @@ def evaluate(world, dataset_dir: str, episodes: int = 8, starts_per_episode: int
             cost_time += time.perf_counter() - started
             cost_frames += len(gen)
             real = frames[start : start + horizon]
+            blind = shifted_clip(frames, start, horizon)
+            recon = reconstruct(world, real)
             for h in per_h:
-                per_h[h]["psnr"].append(psnr(gen[h - 1], real[h - 1]))
-                per_h[h]["ssim"].append(ssim(gen[h - 1], real[h - 1]))
+                for prefix, clip in (("", gen), ("autoencoder_", recon), ("blind_", blind)):
+                    if clip is not None:
+                        per_h[h][f"{prefix}psnr"].append(psnr(clip[h - 1], real[h - 1]))
+                        per_h[h][f"{prefix}ssim"].append(ssim(clip[h - 1], real[h - 1]))
             commanded = np.array([commanded_direction(meta.action_meanings[a], game) if meta.action_meanings else 0
                                   for a in actions[start + 1 : start + horizon]])
-            for key, clip in (("generated", gen), ("real", real)):
+            for key, clip in (("generated", gen), ("real", real), ("blind", blind)):
                 moved = paddle_motion(clip, game)
                 valid = (commanded != 0) & ~np.isnan(moved)
                 follow[key] += list(moved[valid] == commanded[valid])
@@ -270,8 +291,8 @@ def evaluate(world, dataset_dir: str, episodes: int = 8, starts_per_episode: int
             styles = [episode.styles[i] for i in episode.prompt_ids[start : start + horizon]]
             scored["real"].append(real)
             scored["generated"].append(gen)
+            scored["blind"].append(blind)
             scored["styles"] += styles
-            recon = reconstruct(world, real)
             if recon is not None:  # the autoencoder's view of the same frames: the ceiling of the world's
                 scored["autoencoder"].append(recon)
     ball = {}
@@ -284,12 +305,17 @@ def evaluate(world, dataset_dir: str, episodes: int = 8, starts_per_episode: int
             ae = object_scores(real_all, np.concatenate(scored["autoencoder"]), scored["styles"], game, BALL_RADIUS)
             ball["autoencoder_ball_recall"] = ae["ball_recall"]
             ball["autoencoder_paddle_within_2px"] = ae["paddle_within_2px"]
+        blind = object_scores(real_all, np.concatenate(scored["blind"]), scored["styles"], game, BALL_RADIUS)
+        ball.update({f"blind_{k}": blind[k] for k in ("ball_recall", "ball_false_positive", "paddle_within_2px", "paddle_error_px")})
     long_frames: list = []
     drift = long_rollout_drift(world, np.concatenate(real_frames_all), long_steps, seed, sampler=sampler, keep=long_frames)
+    noise = np.random.default_rng(seed).integers(0, 256, (512, *real_frames_all[0].shape[1:]), dtype=np.uint8)  # a floor
+    drift_controls = drift_floor_and_ceiling(np.concatenate(real_frames_all), noise, chunk, seed) if drift else {}
     objects = {}
-    if game in GAMES and long_frames:  # what the long rollout draws, against the real episodes (the ceiling)
+    if game in GAMES and long_frames:  # what the long rollout draws, against the real episodes (the ceiling) and noise
         objects = {"world": object_rates(np.concatenate(long_frames), game, None),
-                   "real": object_rates(np.concatenate(real_frames_all), game, None)}
+                   "real": object_rates(np.concatenate(real_frames_all), game, None),
+                   "noise": object_rates(noise, game, None)}
     actions = {}
     if action_trials > 0 and meta.env_id.startswith("ALE/") and game in GAMES:
         actions = action_test(world, meta.env_id, trials=action_trials, seed=seed, sampler=sampler)
@@ -299,12 +325,13 @@ def evaluate(world, dataset_dir: str, episodes: int = 8, starts_per_episode: int
         "test_episodes": len(test),
         "replays": len(motions["real"]), "horizon": horizon, "seed": seed, "noise_seeds": seeds,
         "sampler": {**asdict(sampler), "description": sampler.describe(world)},
-        "fidelity": {str(h): {"psnr": mean(v["psnr"]), "ssim": mean(v["ssim"])} for h, v in per_h.items()},
+        "fidelity": {str(h): {k: mean(xs) for k, xs in v.items()} for h, v in per_h.items()},
         "action_following": {"generated": mean(follow["generated"]), "real": mean(follow["real"]),
-                             "samples": len(follow["generated"])},
+                             "blind": mean(follow["blind"]), "samples": len(follow["generated"])},
         "objects_in_replays": ball,
-        "motion": {"generated": mean(motions["generated"]), "real": mean(motions["real"])},
-        "drift": drift, "long_steps": long_steps, "objects": objects, "action_test": actions,
+        "motion": {"generated": mean(motions["generated"]), "real": mean(motions["real"]), "blind": mean(motions["blind"])},
+        "drift": drift, "drift_controls": drift_controls, "long_steps": long_steps, "objects": objects,
+        "action_test": actions,
         "cost": {"model_calls_per_frame": sampler.calls_per_chunk(world) / chunk,
                  "seconds_per_frame": cost_time / max(cost_frames, 1)},
     }
@@ -334,6 +361,16 @@ def long_rollout_drift(world, real_frames: np.ndarray, steps: int, seed: int, ch
     return curve
 
 
+def drift_floor_and_ceiling(real_frames: np.ndarray, noise: np.ndarray, chunk: int, seed: int, samples: int = 32) -> dict:
+    """The drift metric's controls: the mean histogram distance to all real frames of single real chunks
+    (the ceiling: what an undrifted world scores) and of single chunks of uniform noise (the floor)."""
+    reference = colour_histogram(real_frames)
+    starts = np.random.default_rng(seed).integers(0, len(real_frames) - chunk + 1, samples)
+    real = [histogram_distance(colour_histogram(real_frames[s : s + chunk]), reference) for s in starts]
+    fake = [histogram_distance(colour_histogram(noise[s : s + chunk]), reference) for s in range(0, len(noise) - chunk + 1, chunk)]
+    return {"real": float(np.mean(real)), "noise": float(np.mean(fake))}
+
+
 # ----------------------------------------------------------------------------------------------
 # Opposite keys from the same real moment, and what long rollouts draw
 # ----------------------------------------------------------------------------------------------
@@ -361,7 +398,9 @@ def action_test(world, env_id: str, trials: int = 8, chunks: int = 6, seed: int 
     A trial passes when the paddle ends at least `min_separation` px further along the commanded
     direction under the second key than under the first. A world that ignores its keys draws the
     same frames for both (same context, same seed), so it passes no trial; the real game is the
-    ceiling, and `distance_ratio` compares the separations (mean world / mean real game).
+    ceiling, and `distance_ratio` compares the separations (mean world / mean real game). The
+    action-blind floor (`blind_*`) holds the first key in both arms, with another noise seed in the
+    second: how far the paddle ends apart, and on the "commanded" side, by the noise alone.
     """
     from worldsdk.agents import make_real_env
     from worldsdk.data.objects import find_paddles, get_game
@@ -380,7 +419,7 @@ def action_test(world, env_id: str, trials: int = 8, chunks: int = 6, seed: int 
     chunk, fc = world.chunk_frames, world.model.config.frames_per_chunk
     context_frames = world.model.config.latent_frames_max - fc
     rng = np.random.default_rng(seed)
-    real_sep, gen_sep, passed, real_passed = [], [], [], []
+    real_sep, gen_sep, passed, real_passed, blind_sep, blind_passed = [], [], [], [], [], []
     for _ in range(trials):
         while True:  # a moment of play with enough frames before it
             frames = [env.reset(seed=int(rng.integers(2**31)))[0]]
@@ -408,6 +447,12 @@ def action_test(world, env_id: str, trials: int = 8, chunks: int = 6, seed: int 
                 gen_last = rollout.step([action] * fc)[-1]
             # held against a wall, Pong's paddle is partly hidden under it: locate its visible part
             ends[key] = find_paddles(np.stack([real_last, gen_last]), name, style, min_fraction=1 / 8)[:, axis]
+        rollout = sampler.start(world, prompt, noise_seed + 1, context)  # the floor: the same key, other noise
+        for _ in range(chunks):
+            blind_last = rollout.step([first] * fc)[-1]
+        blind = float(find_paddles(blind_last[None], name, style, min_fraction=1 / 8)[0, axis] - ends["first"][1])
+        blind_passed.append(bool(np.isfinite(blind) and blind >= min_separation))
+        blind_sep.append(blind if np.isfinite(blind) else 0.0)
         real = float(ends["second"][0] - ends["first"][0])
         gen = float(ends["second"][1] - ends["first"][1])
         real_sep.append(real)
@@ -422,7 +467,9 @@ def action_test(world, env_id: str, trials: int = 8, chunks: int = 6, seed: int 
         "world_pass_rate": float(np.mean(passed)), "real_pass_rate": float(np.mean(real_passed)),
         "world_separation_px": float(np.mean(gen_sep)), "real_separation_px": mean_real,
         "distance_ratio": float(np.mean(gen_sep)) / mean_real if mean_real > 0 else float("nan"),
-        "separations": {"world": gen_sep, "real": real_sep},
+        "blind_pass_rate": float(np.mean(blind_passed)), "blind_separation_px": float(np.mean(blind_sep)),
+        "blind_distance_ratio": float(np.mean(blind_sep)) / mean_real if mean_real > 0 else float("nan"),
+        "separations": {"world": gen_sep, "real": real_sep, "blind": blind_sep},
     }
 
 
@@ -472,30 +519,39 @@ def markdown(results: dict) -> str:
     sampled = f", sampled with the {results['sampler']['description']}" if "sampler" in results else ""
     lines = [f"# Evaluation of {results['world']} on {results['game']}",
              "", f"{results['replays']} replays of {results['horizon']} frames from {results['test_episodes']} test episodes{sampled}.", "",
-             "| horizon | PSNR (dB) | SSIM |", "|---|---|---|"]
-    lines += [f"| {h} | {v['psnr']:.2f} | {v['ssim']:.3f} |" for h, v in f.items()]
-    lines += ["", "| metric | generated | real game |", "|---|---|---|",
-              f"| paddle follows the action | {a['generated']:.1%} | {a['real']:.1%} |",
-              f"| motion (mean abs frame change) | {m['generated']:.2f} | {m['real']:.2f} |",
+             "Beside each figure, its controls from the same run: the real frames (ceiling; for PSNR and SSIM "
+             "the autoencoder's reconstruction) and an action-blind stand-in (floor: the real clip one horizon "
+             "away, other keys twice, or noise). A figure at the floor shows nothing the metric asks for.", "",
+             "| horizon | PSNR (dB) | autoencoder | action-blind | SSIM | autoencoder | action-blind |", "|---|---|---|---|---|---|---|"]
+    nan = float("nan")
+    lines += [f"| {h} | {v['psnr']:.2f} | {v.get('autoencoder_psnr', nan):.2f} | {v.get('blind_psnr', nan):.2f} | "
+              f"{v['ssim']:.3f} | {v.get('autoencoder_ssim', nan):.3f} | {v.get('blind_ssim', nan):.3f} |" for h, v in f.items()]
+    lines += ["", "| metric | generated | real game | action-blind |", "|---|---|---|---|",
+              f"| paddle follows the action | {a['generated']:.1%} | {a['real']:.1%} | {a.get('blind', nan):.1%} |",
+              f"| motion (mean abs frame change) | {m['generated']:.2f} | {m['real']:.2f} | {m.get('blind', nan):.2f} |",
               ]
     if b:
-        lines += [f"| ball within {BALL_RADIUS:g} px of the real one | {b['ball_recall']:.1%} | 100% (autoencoder: {b.get('autoencoder_ball_recall', float('nan')):.1%}) |",
-                  f"| a ball where the real frame has none | {b['ball_false_positive']:.1%} | 0% |",
-                  f"| player's paddle within 2 px | {b['paddle_within_2px']:.1%} | 100% (autoencoder: {b.get('autoencoder_paddle_within_2px', float('nan')):.1%}) |",
-                  f"| player's paddle error (px, where drawn) | {b['paddle_error_px']:.2f} | 0 |"]
+        lines += [f"| ball within {BALL_RADIUS:g} px of the real one | {b['ball_recall']:.1%} | 100% (autoencoder: {b.get('autoencoder_ball_recall', nan):.1%}) | {b.get('blind_ball_recall', nan):.1%} |",
+                  f"| a ball where the real frame has none | {b['ball_false_positive']:.1%} | 0% | {b.get('blind_ball_false_positive', nan):.1%} |",
+                  f"| player's paddle within 2 px | {b['paddle_within_2px']:.1%} | 100% (autoencoder: {b.get('autoencoder_paddle_within_2px', nan):.1%}) | {b.get('blind_paddle_within_2px', nan):.1%} |",
+                  f"| player's paddle error (px, where drawn) | {b['paddle_error_px']:.2f} | 0 | {b.get('blind_paddle_error_px', nan):.2f} |"]
     if results.get("action_test"):
         t = results["action_test"]
         lines += ["", f"Opposite keys ({' vs '.join(t['keys'])}, {t['chunks']} chunks each, {t['trials']} real moments):", "",
-                  "| | world | real game |", "|---|---|---|",
-                  f"| paddle ends on the commanded side | {t['world_pass_rate']:.0%} | {t['real_pass_rate']:.0%} |",
-                  f"| separation (px) | {t['world_separation_px']:.1f} ({t['distance_ratio']:.2f}x) | {t['real_separation_px']:.1f} |"]
+                  "| | world | real game | action-blind (one key twice) |", "|---|---|---|---|",
+                  f"| paddle ends on the commanded side | {t['world_pass_rate']:.0%} | {t['real_pass_rate']:.0%} | {t.get('blind_pass_rate', nan):.0%} |",
+                  f"| separation (px) | {t['world_separation_px']:.1f} ({t['distance_ratio']:.2f}x) | {t['real_separation_px']:.1f} | "
+                  f"{t.get('blind_separation_px', nan):.1f} ({t.get('blind_distance_ratio', nan):.2f}x) |"]
     if results.get("objects"):
         o = results["objects"]
         lines += ["", f"What the {results['long_steps']}-step rollout draws (real episodes beside it):", "",
-                  "| share of frames | world | real game |", "|---|---|---|"]
-        lines += [f"| {k.replace('_', ' ')} | {o['world'][k]:.1%} | {o['real'][k]:.1%} |" for k in o["world"] if k != "frames"]
+                  "| share of frames | world | real game | uniform noise |", "|---|---|---|---|"]
+        lines += [f"| {k.replace('_', ' ')} | {o['world'][k]:.1%} | {o['real'][k]:.1%} | {o.get('noise', {}).get(k, nan):.1%} |"
+                  for k in o["world"] if k != "frames"]
     if results["drift"]:
-        lines += ["", "| rollout step | histogram distance to real frames |", "|---|---|"]
+        d = results.get("drift_controls") or {}
+        lines += ["", f"| rollout step | histogram distance to real frames (a real chunk: {d.get('real', nan):.3f}, "
+                      f"uniform noise: {d.get('noise', nan):.3f}) |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in results["drift"].items()]
     c = results["cost"]
     lines += ["", f"Cost: {c['model_calls_per_frame']:.2f} model calls and {1000 * c['seconds_per_frame']:.1f} ms per frame."]
