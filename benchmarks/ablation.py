@@ -108,7 +108,37 @@ def evaluate_runs(runs_dir: str | Path, data: str | Path, budget: Budget = Budge
     for folder, reason in NOT_ROWS.items():
         if (runs_dir / folder / WORLD_FILE).is_file():
             report["skipped"].append({"folder": folder, "label": folder, "reason": reason})
+    students = [r for r in report["rows"] if not r["teacher"]] or report["rows"]
+    report["controls"] = control_columns(students[0]["results"]) if students else {}
     return report
+
+
+def control_columns(results: dict) -> dict[str, dict[str, float]]:
+    """The table's numbers for the two controls `worldsdk eval` measures beside a world in the same run:
+    "ceiling" (the real frames; the autoencoder's reconstruction for PSNR, SSIM, ball and paddle) and
+    "floor" (action-blind: the real clip one horizon away, one key held twice, noise for drift)."""
+    nan = float("nan")
+    fidelity, follow, motion = results["fidelity"], results["action_following"], results["motion"]
+    ball, keys = results.get("objects_in_replays") or {}, results.get("action_test") or {}
+    drift = results.get("drift_controls") or {}
+    cost = {"calls/frame": nan, "s/frame": nan}
+
+    def side(prefix: str, follow_key: str, keys_rate: str, keys_ratio, fp: float, drift_key: str) -> dict[str, float]:
+        return {
+            **{f"psnr@{h}": fidelity.get(str(h), {}).get(f"{prefix}psnr", nan) for h in (1, 4, 16, 64)},
+            "ssim@16": fidelity.get("16", {}).get(f"{prefix}ssim", nan),
+            "follow": follow.get(follow_key, nan), "follow/real": _ratio(follow.get(follow_key, nan), follow["real"]),
+            "keys": keys.get(keys_rate, nan), "keys/real": keys_ratio,
+            "ball_recall": ball.get(f"{prefix}ball_recall", nan), "ball_fp": fp,
+            "paddle2": ball.get(f"{prefix}paddle_within_2px", nan),
+            "motion": motion.get(follow_key, nan), "motion/real": _ratio(motion.get(follow_key, nan), motion["real"]),
+            "drift@10": drift.get(drift_key, nan), "drift@end": drift.get(drift_key, nan),
+            "drift end/10": 1.0 if drift_key in drift else nan, **cost,
+        }
+
+    return {"ceiling": side("autoencoder_", "real", "real_pass_rate", 1.0 if keys else nan, 0.0 if ball else nan, "real"),
+            "floor": side("blind_", "blind", "blind_pass_rate", keys.get("blind_distance_ratio", nan),
+                          ball.get("blind_ball_false_positive", nan), "noise")}
 
 
 def columns(results: dict) -> dict[str, float]:
@@ -264,6 +294,12 @@ def footer(report: dict) -> list[str]:
                  "FP: generated balls where the real frame has none; paddle <= 2 px: the player's paddle; motion: mean abs frame-to-frame change (0-255); "
                  "drift: colour-histogram distance to real frames along the long rollout; calls/frame: model forward "
                  "passes per frame; s/frame: wall time per generated frame on this machine.")
+    if report.get("controls"):
+        lines.append("- Controls, measured in the same run on the 4-step rows' replays: the real frames (the ceiling; the "
+                     "autoencoder's reconstruction for PSNR, SSIM, ball and paddle; the real game for opposite keys; a "
+                     "real chunk for drift) and an action-blind floor (the real clip one horizon away in the same "
+                     "episode, played under other actions; the world holding one key in both arms of the opposite-keys "
+                     "test; uniform noise for drift). A world at the floor shows nothing of what that metric asks.")
     for s in report["skipped"]:
         lines.append(f"- No row for `{s['folder']}` ({s['label']}): {s['reason']}.")
     return lines
@@ -275,6 +311,9 @@ def markdown(report: dict, checks: list[dict]) -> str:
              "|---|" + "---|" * len(COLUMNS)]
     for r in report["rows"]:
         lines.append(f"| {r['label']} | " + " | ".join(_cell(r["columns"][k], f) for k, _, f in COLUMNS) + " |")
+    for side, label in (("ceiling", "*real frames (ceiling)*"), ("floor", "*action-blind (floor)*")):
+        if report.get("controls"):
+            lines.append(f"| {label} | " + " | ".join(_cell(report["controls"][side][k], f) for k, _, f in COLUMNS) + " |")
     lines += ["", *footer(report), "", "## Goals", "", "| goal | status | numbers |", "|---|---|---|"]
     lines += [f"| {c['goal']} | {c['status']} | {c['detail']} |" for c in checks]
     return "\n".join(lines) + "\n"

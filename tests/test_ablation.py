@@ -114,8 +114,13 @@ def test_ablation_driver_writes_one_table(ablation_runs, capsys):
     goals = {g["goal"]: g["status"] for g in report["goals"]}
     assert len(goals) == 6 and set(goals.values()) <= {"pass", "miss", "n/a"}
     assert goals["the 4-step student keeps >= 90% of the AR teacher's fidelity (PSNR@16 or SSIM@16) with >= 8x fewer model calls"] == "miss"
+    controls = report["controls"]
+    assert set(controls) == {"ceiling", "floor"} and all(list(c) == keys for c in controls.values())
+    assert controls["ceiling"]["follow/real"] == 1.0 and controls["ceiling"]["drift@10"] < controls["floor"]["drift@10"]
+    assert controls["floor"]["follow"] == cf["results"]["action_following"]["blind"]
     table = (out / "ablation.md").read_text()
-    assert table.count("\n| ") >= 1 + 3 + 5 and "Causal Forcing (causal ODE + DMD)" in table
+    assert table.count("\n| ") >= 1 + 3 + 2 + 5 and "Causal Forcing (causal ODE + DMD)" in table
+    assert "*real frames (ceiling)*" in table and "*action-blind (floor)*" in table
     assert "Teacher rows: sampled with a 4-step Euler PF-ODE, CFG 6" in table and "No row for `ode-causal`" in table
     assert (out / "ablation.png").stat().st_size > 0
     assert json.loads(json.dumps(report)) == report  # strict JSON (NaN written as null) round trips
