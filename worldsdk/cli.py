@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("worldsdk.export", "write a trained world compactly (int8) with its training summary, to ship in the package"),
     "bench": ("worldsdk.bench", "measure World.step speed, cache vs recompute, and memory"),
     "record": ("worldsdk.data.cli", "record episodes of a Gymnasium game into a dataset"),
+    "minari": ("worldsdk.data.minari_io", "export a dataset to Minari, or import a Minari dataset to train worlds on"),
     "serve": ("worldsdk.bridge.cli", "serve a world to engines and remote agents over ZeroMQ"),
 }
 

@@ -8,7 +8,7 @@ import json
 from worldsdk.data.policies import POLICY_NAMES
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
     """"64" -> (64, 64); "48x64" -> (48, 64) as height x width."""
     parts = text.lower().split("x")
     try:
@@ -27,7 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, required=True, help="episodes to record")
     parser.add_argument("--out", required=True, help="dataset directory (created, or appended to)")
     parser.add_argument("--policy", default="random", choices=POLICY_NAMES, help="random: sticky random actions; scripted: a Pong/Breakout player")
-    parser.add_argument("--size", type=_size, default=(64, 64), help="frame size, N or HxW (default 64)")
+    parser.add_argument("--size", type=parse_size, default=(64, 64), help="frame size, N or HxW (default 64)")
     parser.add_argument("--max-steps", type=int, default=1000, help="steps per episode at most (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; episode e uses (seed, e)")
     parser.add_argument("--styles", default=None, help="comma-separated styles, cycled over episodes (default: all registered)")
