@@ -1,5 +1,6 @@
 """The rolling KV window: constant memory, bounded positions, sink frames kept, batching."""
 
+import pytest
 import torch
 
 from tests.conftest import perturb_
@@ -60,3 +61,124 @@ def test_stack_and_split_round_trip():
     for original, part in zip(caches, stacked.split()):
         assert part.lengths == original.lengths
         assert all(torch.equal(a, b) for a, b in zip(part.keys, original.keys))
+
+
+# -- the rolled window against a reference that recomputes it --------------------------------------------
+
+
+def rolling_model(chunk: int, sink: int, layers: int, context: int = 0) -> CausalDiT:
+    """A perturbed tiny model whose window (at least sink + 2 chunks) rolls every chunk once full."""
+    from dataclasses import replace
+
+    config = replace(MODEL_PRESETS["tiny"], frames_per_chunk=chunk, latent_frames_max=chunk * (-(-sink // chunk) + 3),
+                     num_layers=layers, context_frames=context)
+    torch.manual_seed(0)
+    return perturb_(CausalDiT(config).eval())
+
+
+def record_commits(cache: KVCache) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    """Every frame's K/V as the model hands them to `cache.commit`, per frame: [(keys per layer, values per layer)]."""
+    frames = []
+    commit = cache.commit
+
+    def recording(new_keys, new_values):
+        t = cache.tokens_per_frame
+        for f in range(new_keys[0].shape[1] // t):
+            part = slice(f * t, (f + 1) * t)
+            frames.append(([k[:, part].clone() for k in new_keys], [v[:, part].clone() for v in new_values]))
+        commit(new_keys, new_values)
+
+    cache.commit = recording
+    return frames
+
+
+def assert_window_is_sinks_and_latest(cache: KVCache, frames: list) -> None:
+    """The cache holds the sink frames' K/V and then the latest ones', keys and values alike, in order."""
+    total, t = len(frames), cache.tokens_per_frame
+    held = min(total, cache.capacity_frames)
+    window = frames[: min(cache.sink_frames, held)] + frames[total - (held - min(cache.sink_frames, held)) :]
+    assert cache.lengths == [held] * cache.batch_size and cache.total == [total] * cache.batch_size
+    for layer in range(cache.num_layers):
+        for store, which in ((cache.keys, 0), (cache.values, 1)):
+            want = torch.cat([f[which][layer] for f in window], dim=1)
+            assert torch.equal(store[layer][:, : held * t], want), (layer, "keys" if which == 0 else "values")
+
+
+@pytest.mark.parametrize("chunk,sink,context", [(1, 1, 0), (2, 1, 0), (2, 2, 2), (3, 2, 0), (2, 0, 1)])
+@torch.no_grad()
+def test_rolled_window_holds_the_sink_and_latest_keys_and_values(chunk, sink, context):
+    model = rolling_model(chunk, sink, layers=2, context=context)
+    cfg = model.config
+    cache = KVCache.empty(cfg, 2, sink_frames=sink)
+    frames = record_commits(cache)
+    g = torch.Generator().manual_seed(1)
+    for i in range(2):
+        model.set_prompt(cache, i, torch.randn(1, cfg.text_len, cfg.text_dim, generator=g))
+    for step in range(12):  # the window holds sink + 2 chunks: it rolls on every chunk from the third on
+        x = torch.randn(2, cfg.latent_channels, chunk, cfg.latent_height, cfg.latent_width, generator=g)
+        model.commit_chunk(x, torch.zeros(2, chunk), torch.randn(2, chunk, cfg.action_dim + 1, generator=g), cache)
+        assert_window_is_sinks_and_latest(cache, frames)
+    assert cache.total[0] == 12 * chunk > 3 * cache.capacity_frames
+
+
+@pytest.mark.parametrize("chunk,sink", [(1, 1), (2, 1), (2, 2), (3, 2), (2, 0)])
+@torch.no_grad()
+def test_streaming_on_a_rolled_window_equals_recomputing_that_window(chunk, sink):
+    # One layer: a frame's K/V depend on that frame alone, so the window can be recomputed from its clean
+    # frames. The chunk's output must equal full attention over [sink frames, latest frames, chunk] at
+    # window positions 0 .. L + chunk - 1, however many frames the episode has seen.
+    model = rolling_model(chunk, sink, layers=1)
+    cfg = model.config
+    g = torch.Generator().manual_seed(2)
+    steps = 12
+    clean = torch.randn(2, cfg.latent_channels, steps * chunk, cfg.latent_height, cfg.latent_width, generator=g)
+    noisy = torch.randn_like(clean)
+    t = torch.rand(2, steps * chunk, generator=g) * 1000
+    actions = torch.randn(2, steps * chunk, cfg.action_dim + 1, generator=g)
+    text = torch.randn(2, cfg.text_len, cfg.text_dim, generator=g)
+    cache = KVCache.empty(cfg, 2, sink_frames=sink)
+    for i in range(2):
+        model.set_prompt(cache, i, text[i : i + 1])
+    for step in range(steps):
+        now = list(range(step * chunk, (step + 1) * chunk))
+        held = min(step * chunk, cache.capacity_frames)
+        kept = min(sink, held)
+        window = list(range(kept)) + list(range(step * chunk - (held - kept), step * chunk)) + now
+        streamed = model.denoise_chunk(noisy[:, :, now], t[:, now], actions[:, now], cache)
+        x = torch.cat([clean[:, :, window[:-chunk]], noisy[:, :, now]], dim=2)
+        times = torch.cat([torch.zeros(2, len(window) - chunk), t[:, now]], dim=1)
+        reference = model.forward_bidirectional(x, times, text, actions[:, window])[:, :, -chunk:]
+        assert (streamed - reference).abs().max() < 1e-4, step
+        model.commit_chunk(clean[:, :, now], torch.zeros(2, chunk), actions[:, now], cache)
+    assert cache.total[0] > 3 * cache.capacity_frames and reference.abs().mean() > 0.1
+
+
+@torch.no_grad()
+def test_the_shipped_world_steps_on_the_rolled_window(monkeypatch):
+    # What the tests above verify is what a shipped world's episode runs on: its cache rolls (sink
+    # frames from its spec) within a few steps and then holds the sink and latest frames' K/V.
+    from worldsdk import World, shipped_worlds
+
+    if "pong" not in shipped_worlds():
+        pytest.skip("no shipped pong world in this checkout")
+    world = World.load("pong")
+    commits = []
+    commit = KVCache.commit
+    monkeypatch.setattr(KVCache, "commit", lambda self, k, v: commits.append(self) or commit(self, k, v))
+    world.reset(seed=0)
+    cache = world.state.cache
+    frames = record_commits(cache)
+    assert cache.sink_frames == world.spec.sink_frames
+    steps = 2 * cache.capacity_frames // world.model.config.frames_per_chunk + 2
+    for i in range(steps):
+        world.step(i % 6)
+        assert world.state.cache is cache and commits[-1] is cache  # one cache, appended to in place
+    # the reset's first chunk was committed before recording: drop it from the reference's start
+    first = world.model.config.frames_per_chunk
+    assert cache.total[0] == first + len(frames) and cache.lengths[0] == cache.capacity_frames
+    t, held = cache.tokens_per_frame, cache.capacity_frames
+    latest = frames[len(frames) - (held - cache.sink_frames) :]
+    for layer in range(cache.num_layers):
+        for store, which in ((cache.keys, 0), (cache.values, 1)):
+            want = torch.cat([f[which][layer] for f in latest], dim=1)
+            assert torch.equal(store[layer][:, cache.sink_frames * t : held * t], want)
