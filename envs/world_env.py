@@ -326,18 +326,14 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         return frames_observation(frames, self.frames), rewards, terminated, truncated, infos
 
     def _restart(self, frames: np.ndarray, env_infos: list[dict[str, Any]], envs: np.ndarray) -> None:
-        """Start new episodes in `envs`, writing their first chunk into `frames` and their reset info into `env_infos`."""
-        if len(envs) == 0:
-            return
-        parts = self._state.split()
+        """Start new episodes in `envs`, writing their first chunk into `frames` and their reset info into
+        `env_infos`. Each restarts in its slot of the batch (`World.reset_sessions`): nothing is copied."""
         for b in envs:
             prompts, contexts, starts = self._draw_starts(1, None)
             seed = int(self.np_random.integers(0, 2**31 - 1))
-            first, parts[b] = self.world.init_state(1, prompts, [seed], contexts)
-            frames[b] = first[0]
+            frames[b] = self.world.reset_sessions(self._state, [b], prompts, [seed], contexts)[0]
             self._episode_steps[b] = 0
             env_infos[b] = self._reset_info(prompts[0], None if starts is None else int(starts[0]))
-        self._state = WorldState.stack(parts)
 
     def _reset_info(self, prompt: str, start_index: int | None) -> dict[str, Any]:
         """What `WorldEnv.reset` returns as info for one env's new episode."""

@@ -120,3 +120,28 @@ def test_a_step_returns_its_rewards_and_the_old_pair_still_unpacks_with_a_warnin
     with pytest.warns(DeprecationWarning, match="result.frames"):
         frames, same = result
     assert frames is result.frames and same is result.state
+
+
+def test_a_session_resets_in_its_slot_without_copying_the_batch(monkeypatch):
+    """reset_sessions clears and refills one slot in place: the same frames and next steps as a fresh
+    init_state session, the other slots' history untouched, no KVCache.stack on the way."""
+    world = _world()
+    _, state = world.init_state(3, seeds=[1, 2, 3])
+    for _ in range(4):
+        state = world.step_state(state, [2, 3, 4]).state
+    buffers = state.cache.keys[0]
+    kept = state.cache.keys[0][[0, 2]].clone()
+    lengths = list(state.cache.lengths)
+    stacked = []
+    monkeypatch.setattr(KVCache, "stack", staticmethod(lambda caches: stacked.append(caches) or None))
+    first = world.reset_sessions(state, [1], ["pong, classic colours"], [9])
+    monkeypatch.undo()
+    assert not stacked and state.cache.keys[0] is buffers
+    assert torch.equal(state.cache.keys[0][[0, 2]], kept)
+    fc = world.model.config.frames_per_chunk
+    assert state.cache.lengths == [lengths[0], fc, lengths[2]] and state.steps[1] == 1 and state.seeds[1] == 9
+    ref_first, ref = world.init_state(1, ["pong, classic colours"], [9])
+    assert np.array_equal(first, ref_first)
+    batched = world.step_state(state, [2, 5, 4]).frames[1]
+    single = world.step_state(ref, [5]).frames[0]
+    assert np.abs(batched.astype(int) - single.astype(int)).max() <= 1

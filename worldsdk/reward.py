@@ -95,6 +95,13 @@ class RewardState:
         """One state per batch item (views of this state's tensors)."""
         return [RewardState(*(getattr(self, name)[b : b + 1] for name in _STATE_FIELDS)) for b in range(self.batch_size)]
 
+    def put(self, b: int, item: "RewardState") -> None:
+        """Copy a one-session state into item b of this batch, in place (a session reset in its slot)."""
+        if item.rewards.shape[1] != self.rewards.shape[1]:
+            raise ValueError(f"a last chunk of {item.rewards.shape[1]} frames does not fit a batch of {self.rewards.shape[1]}")
+        for name in _STATE_FIELDS:
+            getattr(self, name)[b] = getattr(item, name)[0]
+
 
 _STATE_FIELDS = ("hidden", "previous", "started", "rewards", "terminated")
 

@@ -115,6 +115,24 @@ class WorldState:
             uncond=None if states[0].uncond is None else KVCache.stack([s.uncond for s in states]),
         )
 
+    def item(self, b: int) -> "WorldState":
+        """Session b as a state of batch 1 whose caches are views of this batch's slot b (`KVCache.item`);
+        `absorb(b, item)` takes what changed back. Its reward memory starts empty (a new episode)."""
+        return WorldState(cache=self.cache.item(b), prompts=[self.prompts[b]], generators=[self.generators[b]],
+                          steps=[self.steps[b]], seeds=[self.seeds[b]], decoders=[self.decoders[b]], rewards=None,
+                          sampler=self.sampler, uncond=None if self.uncond is None else self.uncond.item(b))
+
+    def absorb(self, b: int, item: "WorldState") -> None:
+        """Take session b back from `item(b)` after it ran alone: lengths, prompt, generator, step count,
+        seed, decoder and reward memory (copied into the batch's, in place); the caches are already shared."""
+        self.cache.absorb(b, item.cache)
+        if self.uncond is not None:
+            self.uncond.absorb(b, item.uncond)
+        self.prompts[b], self.generators[b], self.steps[b] = item.prompts[0], item.generators[0], item.steps[0]
+        self.seeds[b], self.decoders[b] = item.seeds[0], item.decoders[0]
+        if self.rewards is not None and item.rewards is not None:
+            self.rewards.put(b, item.rewards)
+
     def split(self) -> list["WorldState"]:
         """One state per batch item (sharing this state's buffers)."""
         rewards = [None] * self.batch_size if self.rewards is None else self.rewards.split()
@@ -387,6 +405,37 @@ class World:
             for i, (b, single) in enumerate(zip(fresh, first.state.split())):
                 frames[b], singles[b] = first.frames[i], single
         return np.stack(frames), WorldState.stack(singles)
+
+    @torch.inference_mode()
+    def reset_sessions(self, state: WorldState, indices: Sequence[int], prompts: Sequence[str] | str | None = None,
+                       seeds: Sequence[int | None] | int | None = None,
+                       contexts: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
+        """Start new episodes in the slots `indices` of a batch, in place: each slot's history is cleared
+        (`KVCache.clear`) and refilled as `init_state` would start it; no other session's buffers are
+        copied or touched, and the batch keeps its size. Returns the new episodes' first frames
+        (len(indices), chunk, H, W, 3); `state` is updated."""
+        indices = [int(b) for b in indices]
+        prompts = _per_item(prompts, len(indices), self.spec.default_prompt, "prompts")
+        seeds = _per_item(seeds, len(indices), None, "seeds")
+        contexts = _per_item(contexts, len(indices), None, "contexts")
+        frames = []
+        for b, prompt, seed, context in zip(indices, prompts, seeds, contexts):
+            seed = _fresh_seed() if seed is None else int(seed)
+            item = state.item(b)
+            for cache in (item.cache, item.uncond):
+                if cache is not None:
+                    cache.clear(0)
+            item.generators[0], item.seeds[0], item.steps[0] = torch.Generator().manual_seed(seed), seed, 0
+            item.decoders[0] = self.codec.decoder_state()
+            if state.rewards is not None and self.reward_model is not None:
+                item.rewards = self.reward_model.empty_state(1, self.device)
+            self.prompt_state(item, [prompt])
+            if context is not None:
+                frames.append(self._commit_context(item, context))
+            else:
+                frames.append(self.step_state(item, [self.spec.action.noop_action()]).frames[0])
+            state.absorb(b, item)
+        return np.stack(frames) if frames else np.zeros((0, *self.observation_shape), np.uint8)
 
     @torch.inference_mode()
     def step_state(self, state: WorldState, actions: Sequence[Any]) -> StepResult:

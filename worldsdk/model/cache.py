@@ -173,18 +173,25 @@ class KVCache:
 
     def split(self) -> list["KVCache"]:
         """One cache per batch item (views of this cache's buffers)."""
-        pick = lambda xs, b: [x[b : b + 1] for x in xs]  # noqa: E731
-        return [
-            KVCache(
-                keys=pick(self.keys, b), values=pick(self.values, b),
-                text_keys=pick(self.text_keys, b), text_values=pick(self.text_values, b),
-                lengths=[self.lengths[b]], total=[self.total[b]], tokens_per_frame=self.tokens_per_frame,
-                capacity_frames=self.capacity_frames, sink_frames=self.sink_frames,
-                recent=None if self.recent is None else self.recent[b : b + 1],
-                recent_valid=None if self.recent is None else self.recent_valid[b : b + 1],
-            )
-            for b in range(self.batch_size)
-        ]
+        return [self.item(b) for b in range(self.batch_size)]
+
+    def item(self, b: int) -> "KVCache":
+        """Item b as a cache of batch 1 whose buffers are views of this one's: what is written through it
+        lands in slot b in place; its lengths are its own until `absorb` writes them back."""
+        pick = lambda xs: [x[b : b + 1] for x in xs]  # noqa: E731
+        return KVCache(
+            keys=pick(self.keys), values=pick(self.values), text_keys=pick(self.text_keys), text_values=pick(self.text_values),
+            lengths=[self.lengths[b]], total=[self.total[b]], tokens_per_frame=self.tokens_per_frame,
+            capacity_frames=self.capacity_frames, sink_frames=self.sink_frames,
+            recent=None if self.recent is None else self.recent[b : b + 1],
+            recent_valid=None if self.recent is None else self.recent_valid[b : b + 1],
+        )
+
+    def absorb(self, b: int, item: "KVCache") -> None:
+        """Take the lengths of `item(b)` back after writing through it (the buffers are already shared)."""
+        if item.keys[0].data_ptr() != self.keys[0][b : b + 1].data_ptr():
+            raise ValueError(f"absorb takes back a view made by item({b}) of this cache")
+        self.lengths[b], self.total[b] = item.lengths[0], item.total[0]
 
     def nbytes(self) -> int:
         extra = [] if self.recent is None else [self.recent, self.recent_valid]
