@@ -26,7 +26,8 @@ from worldsdk.autoencoder import FrameAutoencoder, load_autoencoder
 from worldsdk.config import MODEL_PRESETS, WORLD_PRESETS, ModelConfig, WorldSpec
 from worldsdk.data.latents import LatentClipDataset
 from worldsdk.model import ByteTextEncoder, CausalDiT
-from worldsdk.world import World, _text_config
+from worldsdk.presets import text_config
+from worldsdk.world import World
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def fresh_parts(preset: str, spec: WorldSpec, autoencoder_path: str) -> tuple[Ca
     if autoencoder.config.latent_channels != model_config.latent_channels:
         raise ValueError(f"autoencoder {autoencoder_path} has {autoencoder.config.latent_channels} latent channels, "
                          f"model preset {preset} expects {model_config.latent_channels}")
-    return CausalDiT(model_config), ByteTextEncoder(_text_config(model_config)), autoencoder
+    return CausalDiT(model_config), ByteTextEncoder(text_config(model_config)), autoencoder
 
 
 def clip_batch(batch: Mapping[str, Any], text_encoder: nn.Module, device) -> tuple[torch.Tensor, Conditioning]:
@@ -142,8 +143,9 @@ def sample_rollouts(path: Path, model: CausalDiT, text_encoder: ByteTextEncoder,
         features = item["action_features"].float()
         for start in range(fc, len(real) - fc + 1, fc):
             feats = torch.cat([features[start : start + fc], torch.ones(fc, 1)], -1)[None]
-            out, state = world.step_features(state, feats)
-            frames.append(out[0])
+            result = world.step_features(state, feats)
+            state = result.state
+            frames.append(result.frames[0])
         gen = np.concatenate(frames)
         rows.append(np.concatenate([real[: len(gen)], gen], axis=1))  # real above generated
     video = np.concatenate(rows, axis=2)  # clips side by side
