@@ -1,5 +1,7 @@
 """Smoke runs of `worldsdk-train` from the command line: stage=autoencoder on a synthetic recording,
-and a run killed with SIGKILL between checkpoints that resumes onto the uninterrupted trajectory."""
+and runs killed with SIGKILL between checkpoints that resume onto the uninterrupted trajectory: the
+autoencoder stage, and the teacher stage, which draws noise and timesteps every step (so a resume that
+did not restore the random number generators would leave its trajectory)."""
 
 from __future__ import annotations
 
@@ -95,8 +97,24 @@ def straight_run(recording, tmp_path_factory) -> Path:
     return run_dir
 
 
-def _losses(run_dir: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["reconstruction/loss"]) for r in read_metrics(run_dir) if "reconstruction/loss" in r]
+def _losses(run_dir: Path, key: str = "reconstruction/loss") -> list[tuple[int, float]]:
+    return [(r["step"], r[key]) for r in read_metrics(run_dir) if key in r]
+
+
+def kill_between_checkpoints(command: list[str], run_dir: Path, key: str = "reconstruction/loss") -> None:
+    """Start a run and SIGKILL it once it is past its first checkpoint (every 4 steps), between two."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            steps = [step for step, _ in _losses(run_dir, key)] if (run_dir / "metrics.jsonl").exists() else []
+            if steps and steps[-1] >= 5 and steps[-1] % 4:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
 
 
 def test_app_trains_the_autoencoder_and_writes_a_checkpoint(straight_run):
@@ -117,18 +135,7 @@ def test_sigkilled_run_resumes_onto_the_same_trajectory(recording, straight_run,
     from worldsdk.autoencoder import load_autoencoder
 
     killed_dir = tmp_path / "killed"
-    proc = subprocess.Popen(train_command(recording, killed_dir, *COMMON), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
-    deadline = time.time() + 180
-    try:  # kill once it is past its first checkpoint, at a step between two checkpoints
-        while time.time() < deadline and proc.poll() is None:
-            steps = [step for step, _ in _losses(killed_dir)] if (killed_dir / "metrics.jsonl").exists() else []
-            if steps and steps[-1] >= 5 and steps[-1] % 4:
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.02)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    kill_between_checkpoints(train_command(recording, killed_dir, *COMMON), killed_dir)
     assert not (killed_dir / "autoencoder.safetensors").exists()
 
     resumed = subprocess.run(train_command(recording, killed_dir, *COMMON), capture_output=True, text=True, timeout=180, env=_env())
@@ -138,4 +145,33 @@ def test_sigkilled_run_resumes_onto_the_same_trajectory(recording, straight_run,
     assert _losses(killed_dir) == _losses(straight_run)
     a = load_autoencoder(straight_run / "autoencoder.safetensors").state_dict()
     b = load_autoencoder(killed_dir / "autoencoder.safetensors").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_sigkilled_teacher_run_resumes_onto_the_same_trajectory(recording, straight_run, tmp_path):
+    # The teacher draws timesteps, noise and condition dropout every step from the global generators:
+    # only a resume that restores them (with the weights, optimiser and data order) lands on the same losses.
+    from worldsdk.autoencoder import load_autoencoder
+    from worldsdk.data.latents import build_latent_cache
+    from worldsdk.world import World
+
+    ae = straight_run / "autoencoder.safetensors"
+    latents = build_latent_cache(recording, load_autoencoder(ae), tmp_path / "latents", progress=False)
+
+    def command(run_dir: Path) -> list[str]:
+        return [sys.executable, "-m", "trainers.app", "stage=teacher", "model=tiny", f"stage.latents={latents}",
+                f"stage.autoencoder={ae}", f"run_dir={run_dir}", "loop.device=cpu", "loop.threads=1", "loop.batch_size=2",
+                "loop.log_every=1", "loop.progress=false", "loop.tensorboard=false", "loop.max_steps=12",
+                "loop.checkpoint_every=4", "stage.optimizer.warmup_steps=2"]  # long enough to be killed mid-run
+
+    straight = subprocess.run(command(tmp_path / "straight"), capture_output=True, text=True, timeout=180, env=_env())
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    kill_between_checkpoints(command(tmp_path / "killed"), tmp_path / "killed", key="teacher/loss")
+    resumed = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True, timeout=180, env=_env())
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout + resumed.stderr, resumed.stderr[-3000:]
+    want = _losses(tmp_path / "straight", "teacher/loss")
+    assert [step for step, _ in want] == list(range(1, 13)) and len({loss for _, loss in want}) == 12
+    assert _losses(tmp_path / "killed", "teacher/loss") == want
+    a = World.load(tmp_path / "straight" / "world.safetensors").model.state_dict()
+    b = World.load(tmp_path / "killed" / "world.safetensors").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
