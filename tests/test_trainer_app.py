@@ -82,7 +82,10 @@ def train_command(data: Path, run_dir: Path, *overrides: str) -> list[str]:
 
 
 def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    """The training subprocesses' environment: this checkout first on the path, the caller's path after it
+    (benchmarks/mutations.py plants its bugs through it)."""
+    path = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
 
 
 COMMON = ("loop.max_steps=10", "loop.checkpoint_every=4", "stage.optimizer.warmup_steps=2")
