@@ -137,3 +137,15 @@ def test_random_preset_world_has_untrained_info():
     world = World.from_preset("tiny")
     assert world.info["trained"] is False and world.observation_shape == (2, 32, 32, 3)
     perturb_(world.model)
+
+
+def test_the_reaction_check_fails_the_bare_preset_and_passes_the_perturbed_one():
+    # The bare preset's zero head (adaLN-zero) makes its frames a function of the noise seed alone: the
+    # check the contract tests run first must refuse it, or their equalities would prove nothing.
+    import pytest
+
+    from tests.conftest import assert_world_reacts, reactive_world
+
+    with pytest.raises(AssertionError, match="action does not change"):
+        assert_world_reacts(World.from_preset("tiny", seed=0))
+    assert_world_reacts(reactive_world())
