@@ -6,7 +6,8 @@
 # Every step is skipped when its output exists and resumes from its last checkpoint otherwise, so the
 # same command picks the run up after Ctrl-C, a time limit or on a new machine (where it first
 # re-records the games and retrains the autoencoder: recordings are seeded, about 40 min in all).
-# Probe a checkpoint while it trains:
+# Every 500 steps metrics.jsonl gets the learnability probe on data/pong's test episodes (eval/probe/...).
+# Probe a checkpoint on the held-out recordings while it trains:
 #   python -m trainers.snapshot runs/pong3/teacher-causal
 #   python benchmarks/learnability.py --worlds runs/pong3/teacher-causal/snapshots/step_<N>/world.safetensors --data data/pong-fresh
 set -euo pipefail
@@ -38,5 +39,6 @@ from worldsdk.data.latents import build_latent_cache
 build_latent_cache('data/pong', load_autoencoder('$AE'), '$RUN/latents', progress=False)"  # encodes only what is missing
 
 worldsdk-train stage=teacher model="$MODEL" stage.latents="$RUN/latents" stage.autoencoder="$AE" \
+  stage.probe_data=data/pong stage.probe_clips_per_episode=8 loop.eval_every=500 \
   run_dir="$RUN/teacher-causal" loop.max_steps="$TEACHER_STEPS" loop.batch_size=8 loop.precision=bf16 loop.threads=1 \
   loop.checkpoint_every=200 loop.keep_checkpoints=4 loop.log_every=20 loop.progress=false
