@@ -84,7 +84,8 @@ def test_pipelined_steps_retried_together_are_each_answered_once():
         world = NoiseWorld(16, 16, 2)  # the chunks are those of three steps, in order, each stepped once
         state = world.init_state(1, seeds=[0])[1]
         for rid in (2, 3, 4):
-            want, state = world.step_state(state, [rid])
+            result = world.step_state(state, [rid])
+            want, state = result.frames, result.state
             np.testing.assert_array_equal(P.decode_frames(replies[rid][0]["frames"], replies[rid][1]), want[0])
         peer.close()
 
@@ -170,7 +171,7 @@ def test_the_python_client_retry_is_answered_once_while_another_client_plays():
         frames = slow.step(3)  # times out and is sent again at least once, while the server is busy
         other.step(2)
         assert slow.chunk == 1 and server.sessions[slow.session].chunks == 1
-        want, _ = world.step_state(world.init_state(1, seeds=[0])[1], [3])
+        want = world.step_state(world.init_state(1, seeds=[0])[1], [3]).frames
         np.testing.assert_array_equal(frames, want[0])
         slow.close()
         other.close()

@@ -155,7 +155,7 @@ def test_a_slow_step_retried_by_the_client_is_stepped_once():
         client.reset(seed=0)
         frames = client.step(3)  # times out at least once: the client reconnects and sends it again
         assert client.chunk == 1 and server.sessions[client.session].chunks == 1
-        want, _ = world.step_state(world.init_state(1, seeds=[0])[1], [3])
+        want = world.step_state(world.init_state(1, seeds=[0])[1], [3]).frames
         np.testing.assert_array_equal(frames, want[0])
         assert client.step(2).shape == frames.shape and client.chunk == 2
         client.close()
@@ -218,7 +218,7 @@ def test_steps_waiting_together_run_as_one_forward():
             assert peer.socket.poll(5000)
             replies.append(peer.socket.recv_multipart())
         assert dict(server.batch_sizes) == {1: 1, 3: 1}
-        want, _ = world.step_state(world.init_state(1, seeds=[2])[1], [1])
+        want = world.step_state(world.init_state(1, seeds=[2])[1], [1]).frames
         np.testing.assert_array_equal(P.decode_frames(msgpack.unpackb(replies[2][0])["frames"], replies[2][1:]), want[0])
         for peer in peers:
             peer.close()

@@ -245,7 +245,8 @@ def test_world_with_reward_model_and_bank_round_trips(tiny_world, tmp_path):
         frames, state = world.init_state(2, seeds=[1, 2], contexts=[world.start(3)[0], None])
         out = [world.predicted_rewards(state)]
         for action in (1, 2, 3):
-            frames, state = world.step_state(state, [action, action])
+            result = world.step_state(state, [action, action])
+            frames, state = result.frames, result.state
             out.append(world.predicted_rewards(state) + (state.rewards.hidden.numpy(),))
         return out
 

@@ -71,7 +71,8 @@ def test_batched_sessions_match_single_sessions(world):
     seeds = [7, 8]
     singles = [np.stack([world.reset(seed=s), world.step(0)]) for s in seeds]
     frames, state = world.init_state(2, seeds=seeds)
-    more, state = world.step_state(state, [0, 0])
+    result = world.step_state(state, [0, 0])
+    more, state = result.frames, result.state
     batched = np.stack([frames, more], axis=1)
     assert [d.frames for d in state.decoders] == [6, 6]
     for b in range(2):
