@@ -11,6 +11,9 @@ learnability probe (`worldsdk.probe`) scores it on recordings it never saw: the 
 player's paddle predicted from history alone (sigma 1) and after the last few-step sigma, and the
 keys' effect from history. The table (`<out>/levers.md`, and JSON) has the seconds per step
 beside them, so a lever that helps per step but costs 4x per step shows it.
+
+With `--init WORLD` every lever fine-tunes that world (its model's shapes replace the lever's, so only
+the loss and schedule levers differ): a cheap way to rank what the long run should switch to.
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ LEVERS = {
     "ctx-skip-patch2": ("`small-ctx` with 2x2 patches: 64 tokens per frame", replace(CTX, patch=(1, 2, 2)), {}),
     "ctx-skip-fg16": ("`small-ctx`, object pixels weighted 17x instead of 5x", CTX, {"foreground_weight": 16.0}),
     "ctx-skip-lr3e-3": ("`small-ctx` at lr 3e-3", CTX, {"optimizer": {"lr": 3e-3}}),
+    "ctx-skip-motion8": ("`small-ctx`, loss weighted 9x on latent pixels that moved (not on all objects)", CTX,
+                         {"motion_weight": 8.0, "foreground_weight": 0.0}),
+    "ctx-skip-draw3": ("`small-ctx`, training sigmas drawn on the shift-3 grid (more at high noise)", CTX,
+                       {"draw_shift": 3.0}),
+    "ctx-skip-motion8-draw3": ("`small-ctx`, both: motion-weighted loss and more draws at high noise", CTX,
+                               {"motion_weight": 8.0, "foreground_weight": 0.0, "draw_shift": 3.0}),
 }
 
 
@@ -61,6 +70,7 @@ def lever_run(name: str, args) -> Path:
         return world
     optimizer = {"lr": 1e-3, "warmup_steps": 100, "decay": "constant", **stage_overrides.get("optimizer", {})}
     stage = {"name": "teacher", "latents": args.latents, "autoencoder": args.autoencoder, "ema_decay": 0.0,
+             "init": args.init,
              **{k: v for k, v in stage_overrides.items() if k != "optimizer"}, "optimizer": optimizer}
     loop = {"max_steps": args.steps, "batch_size": 8, "precision": "bf16", "threads": args.threads, "device": "cpu",
             "checkpoint_every": 100, "log_every": 20, "progress": False, "tensorboard": False, "seed": 0}
@@ -82,6 +92,7 @@ def main() -> int:
     parser.add_argument("--data", required=True, help="recordings the worlds never saw (the probe's)")
     parser.add_argument("--levers", default="base,ctx,ctx-skip", help=f"comma-separated, of {', '.join(LEVERS)}")
     parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--init", default="", help="fine-tune every lever from this world (its model replaces the lever's)")
     parser.add_argument("--sigmas", default="1,0.25")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/levers")

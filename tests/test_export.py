@@ -212,3 +212,28 @@ def test_saved_files_are_readable_by_others(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_decoder_of_a_decoder_only_finetune_is_swapped_in(tmp_path, tiny_world_file):
+    from worldsdk.autoencoder import load_autoencoder, save_autoencoder
+
+    world = World.load(tiny_world_file)
+    tuned = load_autoencoder(save_autoencoder(tmp_path / "same.safetensors", world.autoencoder))
+    with torch.no_grad():
+        for p in tuned.decoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    tuned_file = save_autoencoder(tmp_path / "tuned.safetensors", tuned)
+    result = export_world(tiny_world_file, "tiny", tmp_path / "out.safetensors", "exact", check_steps=2,
+                          decoder_from=tuned_file)
+    exported = World.load(result.path)
+    assert exported.info["decoder_from"] == str(tuned_file)
+    z = torch.randn(2, tuned.config.latent_channels, 8, 8)
+    assert torch.equal(exported.autoencoder.decode(z), tuned.decode(z))
+    assert not torch.equal(exported.autoencoder.decode(z), world.autoencoder.decode(z))
+    frames = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    assert torch.equal(exported.autoencoder.encode(frames), world.autoencoder.encode(frames))
+    with torch.no_grad():  # an encoder that changed: the world's latents would mean something else
+        tuned.encoder[1].weight.add_(0.01)
+    other = save_autoencoder(tmp_path / "other.safetensors", tuned)
+    with pytest.raises(ValueError, match="encoder or latent statistics differ"):
+        export_world(tiny_world_file, "tiny", tmp_path / "x.safetensors", "exact", check_steps=2, decoder_from=other)

@@ -171,3 +171,20 @@ def test_dmd_gradient_vanishes_when_fake_equals_real_and_critic_learns():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0]
+
+
+def test_motion_weight_marks_what_changed_since_the_previous_frame():
+    from trainers.stages.worlds import motion_weight
+
+    x0 = torch.zeros(1, 4, 3, 8, 8)
+    x0[0, :, 1:, 4, 2] = 1.0  # appears in frame 1 and stays: it moved into frame 1 only
+    weight = motion_weight(x0, 5.0)
+    assert weight.shape == (1, 1, 3, 8, 8)
+    moved = torch.zeros(8, 8)
+    moved[3:6, 1:4] = 1.0  # the changed latent pixel grown by one
+    assert torch.equal(weight[0, 0, 1], 1.0 + 5.0 * moved)
+    assert torch.equal(weight[0, 0, 0], torch.ones(8, 8))  # no previous frame
+    assert torch.equal(weight[0, 0, 2], torch.ones(8, 8))  # nothing moved since frame 1
+    assert motion_weight(x0, 0.0) is None
+    small = x0 * 0.2  # a change below the threshold (RMS over channels 0.2 < 0.25) is not motion
+    assert torch.equal(motion_weight(small, 5.0), torch.ones(1, 1, 3, 8, 8))

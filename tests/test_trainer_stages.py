@@ -173,6 +173,12 @@ def test_a_world_trains_and_samples_on_its_own_schedule(chain, monkeypatch):
 
     default = train(root / "preset-shift", {"name": "teacher", "mode": "teacher_forcing", "latents": latents, "autoencoder": ae})
     assert World.load(default).spec.schedule == WORLD_PRESETS["tiny"].schedule != schedule
+    # draw_shift moves only the training draws: the world keeps (and samples on) its own schedule
+    seen["train"].clear()
+    drawn = train(root / "draw3", {"name": "teacher", "mode": "teacher_forcing", "latents": latents, "autoencoder": ae,
+                                   "timestep_shift": 2.0, "draw_shift": 3.0})
+    assert seen["train"] and all(s == D.Schedule(shift=3.0) for s in seen["train"])
+    assert World.load(drawn).spec.schedule == schedule
 
 
 def test_snapshot_of_the_last_checkpoint_is_the_world_the_run_wrote(chain, tmp_path, capsys):
@@ -218,3 +224,26 @@ def test_teacher_logs_the_learnability_probe_at_each_eval(chain, tmp_path):
     assert evals[0]["eval/probe/repeat_last_frame/paddle_found"] > 0.9  # real frames: the paddle is there
     with pytest.raises(ValueError, match="probe_split must be test or all"):
         run({"run_dir": str(tmp_path / "u"), "loop": loop(1), "model": TINY, "stage": {**stage, "probe_split": "val"}})
+
+
+def test_decoder_only_finetune_keeps_the_latents_and_changes_the_frames(chain):
+    from worldsdk.autoencoder import load_autoencoder
+    from worldsdk.data.latents import autoencoder_fingerprint
+
+    root, ae, _ = chain
+    stage = {"name": "autoencoder", "data": [str(root / "pong")], "init": ae, "train_encoder": False,
+             "eval_frames": 16, "stats_frames": 16, "sample_frames": 2}
+    run_dir = root / "decoder-finetune"
+    run({"run_dir": str(run_dir), "loop": loop(3), "model": TINY, "stage": stage})
+    before, after = load_autoencoder(ae), load_autoencoder(run_dir / "autoencoder.safetensors")
+    for name, value in before.state_dict().items():  # the encoder and the latent statistics stay as they were
+        assert name.startswith("decoder.") or torch.equal(value, after.state_dict()[name]), name
+    assert any(not torch.equal(v, after.decoder.state_dict()[n]) for n, v in before.decoder.state_dict().items())
+    assert autoencoder_fingerprint(after) == autoencoder_fingerprint(before)
+    frames = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    z = before.encode(frames)
+    assert torch.equal(after.encode(frames), z)  # the same latents: caches and worlds trained on them stay valid
+    assert not torch.equal(after.decode(z), before.decode(z))
+    with pytest.raises(ValueError, match="stage.init"):  # nothing to keep the encoder of
+        run({"run_dir": str(root / "no-init"), "loop": loop(1), "model": TINY,
+             "stage": {**stage, "init": ""}})

@@ -71,17 +71,19 @@ def _x0(model_v: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.
 
 
 def teacher_loss(model: CausalDiT, x0: torch.Tensor, cond: Conditioning, mode: str, schedule: D.Schedule,
-                 token_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                 token_weight: torch.Tensor | None = None, draw: D.Schedule | None = None) -> tuple[torch.Tensor, dict]:
     """Bell-weighted v-MSE of the world model in one of three attention layouts.
 
     teacher_forcing: clean + noisy copies, per-chunk t, each chunk sees the clean history (the AR teacher);
     diffusion_forcing: block-causal over the noisy clip, per-chunk t (noisy history);
     bidirectional: full attention, one t per clip (real score, critic initialisation, SF teacher).
+    `draw` (default `schedule`) is the schedule whose grid sigma is drawn from; the loss weight is `schedule`'s.
     """
     if mode not in TEACHER_MODES:
         raise ValueError(f"teacher mode must be one of {TEACHER_MODES}, got {mode!r}")
     b, _, f = x0.shape[:3]
-    sigma = chunk_sigmas(b, f, model.config.frames_per_chunk, schedule, x0.device, uniform=mode == "bidirectional")
+    sigma = chunk_sigmas(b, f, model.config.frames_per_chunk, schedule if draw is None else draw, x0.device,
+                         uniform=mode == "bidirectional")
     noise = torch.randn_like(x0)
     x_t = D.add_noise(x0, noise, sigma)
     t = D.sigma_to_t(sigma)

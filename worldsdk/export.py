@@ -102,10 +102,26 @@ def attach_reward_model(world, source: str | Path) -> None:
     world.set_reward_model(donor.reward_model)
 
 
+def swap_decoder(world, source: str | Path) -> None:
+    """Give `world` the decoder of an autoencoder file that encodes exactly as the world's own (a
+    stage=autoencoder run with train_encoder=false from it): the world's latents, and so its model and
+    reward model, are unchanged; only the frames it draws from them are."""
+    from worldsdk.autoencoder import load_autoencoder
+    from worldsdk.data.latents import autoencoder_fingerprint
+
+    autoencoder = load_autoencoder(source, world.device)
+    if autoencoder_fingerprint(autoencoder) != autoencoder_fingerprint(world.autoencoder):
+        raise ValueError(f"{source}: its encoder or latent statistics differ from this world's autoencoder, so the "
+                         "world's latents would mean something else; fine-tune only the decoder "
+                         "(worldsdk-train stage=autoencoder stage.init=<the world's autoencoder> stage.train_encoder=false)")
+    world.autoencoder.decoder.load_state_dict(autoencoder.decoder.state_dict())
+
+
 def export_world(world: str | Path, name: str, out: str | Path | None = None, storage: str = "int8",
                  summary: str | Path | None = None, eval_results: str | Path | None = None,
                  starts_from: str | None = None, starts: int = 8, start_frames: int = 0,
-                 check_steps: int = 16, seed: int = 0, reward_from: str | Path | None = None) -> ExportResult:
+                 check_steps: int = 16, seed: int = 0, reward_from: str | Path | None = None,
+                 decoder_from: str | Path | None = None) -> ExportResult:
     """Write `world` compactly to `out` (default: the package's shipped worlds folder, as `name`) with
     its training summary and evaluation attached, plus `<out stem>.json`; then reload and check it."""
     from worldsdk.world import SHIPPED_WORLDS_DIR, World
@@ -119,6 +135,9 @@ def export_world(world: str | Path, name: str, out: str | Path | None = None, st
             original.autoencoder.config.temporal_stride)
         attach_start_bank(original, starts_from, starts, frames, seed)
         info["start_bank"] = {"dataset": str(starts_from), "starts": starts, "frames": frames}
+    if decoder_from:
+        swap_decoder(original, decoder_from)
+        info["decoder_from"] = str(decoder_from)
     if reward_from:
         attach_reward_model(original, reward_from)
         info["reward_model"] = {"from": str(reward_from), "metrics": _read_json(Path(reward_from).parent / "reward_metrics.json")
@@ -172,6 +191,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start-frames", type=int, default=0, help="frames per start clip (0: fill the KV cache window)")
     parser.add_argument("--reward-from", default=None, help="world file whose reward model to attach (a stage=reward "
                         "run's world.safetensors; same autoencoder)")
+    parser.add_argument("--decoder-from", default=None, help="autoencoder file whose decoder the world draws with (a "
+                        "decoder-only fine-tune of the world's autoencoder: stage=autoencoder stage.train_encoder=false)")
     parser.add_argument("--check-steps", type=int, default=16, help="steps of the fidelity check rollout")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output file (default: worldsdk/worlds/<name>.safetensors)")
@@ -185,7 +206,8 @@ def shipped_bytes(folder: Path) -> int:
 def main(args: argparse.Namespace) -> int:
     try:
         result = export_world(args.world, args.name, args.out, args.storage, args.summary, args.eval, args.starts_from,
-                              args.starts, args.start_frames, args.check_steps, args.seed, args.reward_from)
+                              args.starts, args.start_frames, args.check_steps, args.seed, args.reward_from,
+                              args.decoder_from)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:  # CheckpointError is a ValueError
         print(f"worldsdk export: {exc}", file=sys.stderr)
         return 1

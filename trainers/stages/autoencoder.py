@@ -33,6 +33,7 @@ from worldsdk.autoencoder import (
     background_contrast,
     foreground_mask,
     hard_pixel_loss,
+    load_autoencoder,
     psnr,
     save_autoencoder,
     to_images,
@@ -49,6 +50,11 @@ class AutoencoderStageConfig:
 
     name: str = "autoencoder"
     data: tuple[str, ...] = ()  # recording folders; one autoencoder is trained on all of them
+    init: str = ""  # optional autoencoder file to start from (its config replaces the preset's)
+    # false: only the decoder learns; the encoder and the latent statistics stay as `init` has them, so its
+    # latents, latent caches and the worlds trained on them stay valid (swap the decoder into a world with
+    # `worldsdk export --decoder-from`). GameNGen fine-tunes its decoder on game frames this way.
+    train_encoder: bool = True
     optimizer: OptimizerConfig = field(
         default_factory=lambda: OptimizerConfig(
             lr=2e-3, betas=(0.9, 0.99), weight_decay=0.0, grad_clip=1.0, warmup_steps=100, decay="cosine", min_lr_ratio=0.02
@@ -82,8 +88,16 @@ class AutoencoderStage(Stage):
             raise KeyError(f"unknown autoencoder preset {model.autoencoder!r}; choose one of {sorted(AUTOENCODER_PRESETS)}")
         if not config.data:
             raise ValueError("stage=autoencoder needs recordings: pass data=path/to/recordings (or a list of folders)")
+        if not config.train_encoder and not config.init:
+            raise ValueError("stage.train_encoder=false fine-tunes the decoder of an existing autoencoder: "
+                             "pass stage.init=path/to/autoencoder.safetensors")
         self.config, self.ctx = config, ctx
-        self.autoencoder = FrameAutoencoder(AUTOENCODER_PRESETS[model.autoencoder]).to(ctx.device)
+        if config.init:
+            self.autoencoder = load_autoencoder(config.init, ctx.device).train()
+        else:
+            self.autoencoder = FrameAutoencoder(AUTOENCODER_PRESETS[model.autoencoder]).to(ctx.device)
+        if not config.train_encoder:
+            self.autoencoder.encoder.requires_grad_(False)
         self.frame_sets: list[FrameSet] = open_frame_sets(config.data)
         self.train_frames = ConcatDataset([s.train for s in self.frame_sets])
         self._heldout: dict[tuple[str, int], torch.Tensor] = {}
@@ -157,7 +171,10 @@ class AutoencoderStage(Stage):
         return torch.cat([autoencoder.decode(autoencoder.encode(chunk.to(self.ctx.device))).cpu() for chunk in chunks])
 
     def _latent_stats(self, autoencoder: FrameAutoencoder) -> None:
-        """Latent mean / std over `stats_frames` evenly spaced training frames, set on the live and evaluated weights."""
+        """Latent mean / std over `stats_frames` evenly spaced training frames, set on the live and evaluated
+        weights (kept as they are when only the decoder trains: the latents must not change)."""
+        if not self.config.train_encoder:
+            return
         train = self.train_frames
         frames = torch.stack([torch.as_tensor(train[int(i)]) for i in evenly_spaced(len(train), self.config.stats_frames)])
         raw = torch.cat([autoencoder.encode_raw(to_images(chunk.to(self.ctx.device))) for chunk in frames.split(self.config.eval_batch_size)])

@@ -45,6 +45,13 @@ class TeacherStageConfig:
     p_drop_text: float = 0.1
     p_drop_action: float = 0.1
     foreground_weight: float = 4.0
+    # Extra loss weight on latent pixels that changed since the previous frame (worlds.motion_weight):
+    # the dynamics are the few pixels that move; 0 = off. Adds to foreground_weight's when both are on.
+    motion_weight: float = 0.0
+    # Training draws sigma from the grid of this shift instead of the world's (0: the world's). > 1 puts
+    # more of the draws at high noise, where a chunk is predicted from its history (the dynamics); the
+    # loss weight and the world's samplers keep the world's schedule.
+    draw_shift: float = 0.0
     timestep_shift: float = 0.0  # 0: the preset's (or the initial world's) schedule; else written into the world's
     ema_decay: float = 0.999
     # A recorded dataset of the same game: each eval (loop.eval_every) runs the learnability probe
@@ -81,6 +88,9 @@ class TeacherStage(Stage):
         if config.timestep_shift:
             self.spec = replace(self.spec, timestep_shift=config.timestep_shift)
         self.schedule = self.spec.schedule  # trained on the grid the world will sample on
+        if config.draw_shift < 0:
+            raise ValueError(f"stage.draw_shift must be >= 0 (0: the world's shift), got {config.draw_shift}")
+        self.draw_schedule = replace(self.schedule, shift=config.draw_shift) if config.draw_shift else self.schedule
         self.probe_clips, self._probe_controls_logged = None, False
         if config.probe_data:
             if config.probe_split not in ("test", "all"):
@@ -113,7 +123,10 @@ class TeacherStage(Stage):
         x0, cond = worlds.clip_batch(batch, self.text_encoder, self.ctx.device)
         cond = drop_conditioning(cond, self.config.p_drop_text, self.config.p_drop_action)
         weight = worlds.foreground_weight(x0, self.config.foreground_weight)
-        return teacher_loss(self.model, x0, cond, self.config.mode, self.schedule, weight)
+        motion = worlds.motion_weight(x0, self.config.motion_weight)
+        if motion is not None:
+            weight = motion if weight is None else weight + motion - 1.0
+        return teacher_loss(self.model, x0, cond, self.config.mode, self.schedule, weight, draw=self.draw_schedule)
 
     def evaluate(self, step: int, weights: Mapping[str, nn.Module]) -> dict[str, float]:
         if self.probe_clips is None:

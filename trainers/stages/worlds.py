@@ -102,6 +102,22 @@ def foreground_weight(x0: torch.Tensor, weight: float, threshold: float = 1.0) -
     return 1.0 + weight * mask
 
 
+def motion_weight(x0: torch.Tensor, weight: float, threshold: float = 0.25) -> torch.Tensor | None:
+    """Loss weight (B, 1, F, h, w): 1 + weight on latent pixels that changed since the previous frame.
+
+    What moves (the ball, the paddles, a score digit) is where a frame differs from the one before it,
+    at its old place and its new one; the change is measured per latent pixel (RMS over channels) and
+    grown by one pixel. A clip's first frame has no previous frame: it gets weight 1. The static
+    background, most of every frame, is what the context frames already give away.
+    """
+    if weight <= 0:
+        return None
+    change = (x0[:, :, 1:] - x0[:, :, :-1]).pow(2).mean(dim=1, keepdim=True).sqrt()  # (B, 1, F - 1, h, w)
+    mask = F.max_pool3d((change > threshold).float(), kernel_size=(1, 3, 3), stride=1, padding=(0, 1, 1))
+    mask = F.pad(mask, (0, 0, 0, 0, 1, 0))  # the first frame: no previous frame, no extra weight
+    return 1.0 + weight * mask
+
+
 def world_of(model: CausalDiT, text_encoder: ByteTextEncoder, autoencoder: FrameAutoencoder, spec: WorldSpec) -> World:
     """A playable World of fp32 CPU copies of a stage's modules (the training ones stay untouched)."""
     return World(_cpu_copy(model), _cpu_copy(autoencoder), _cpu_copy(text_encoder), spec)

@@ -50,9 +50,14 @@ LATENT_DIR = "latents"
 
 
 def autoencoder_fingerprint(autoencoder: torch.nn.Module) -> str:
-    """sha256 of the autoencoder's parameters and buffers (names, dtypes, shapes, values)."""
+    """sha256 of what an autoencoder's latents depend on: every parameter and buffer (names, dtypes,
+    shapes, values) but the decoder's. Two autoencoders with this fingerprint encode every frame to the
+    same latents, so a latent cache, and a world or reward model trained on it, stays valid when only the
+    decoder is fine-tuned (stage=autoencoder with train_encoder=false)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(autoencoder.state_dict().items()):
+        if name.startswith("decoder."):
+            continue
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
