@@ -5,17 +5,22 @@
 For each number of sessions, every `churn` steps one session leaves and a new one joins, and
 every step advances all sessions in one batched forward. Three ways, same world, same seeds:
 
-- `stack_split`: what the bridge server does today: each session keeps its own state; a batched
-  step stacks them (`WorldState.stack`, a copy of every session's KV cache window), steps, and splits.
-  A join opens a new single state.
+- `stack_split`: what the bridge server did before its slots: each session keeps its own state; a
+  batched step stacks them (`WorldState.stack`, a copy of every session's KV cache window), steps, and
+  splits. A join opens a new single state.
 - `split_restart`: what the vector env did before its slots: the batch steps in place, and a join
   splits the batch, opens a new single state and stacks all of them again (a copy of the batch).
 - `slots`: one preallocated batch; a join resets its slot in place (`World.reset_sessions`:
   `KVCache.clear` and a refill of that slot), the step path never copies a cache.
 - `vector_env`: `WorldVectorEnv` (slots) with episodes of `churn` steps, through its Gymnasium API.
+- `bridge`: the bridge server (in this process, on loopback TCP) with one `Client` per session, all
+  stepping at once so the server batches them; a leave is `Client.close`, a join a new client's reset.
+  The same mode run on a checkout of the server before its slots gives the "before" figures:
+  `git worktree add /tmp/before <commit>; cp benchmarks/rollout_slots.py /tmp/before/benchmarks/`
+  and run it there with `--modes bridge`.
 
 Reported per row: generated frames per second and KV-cache bytes copied per step (counted at
-`KVCache.stack`, the only place a cache is copied).
+`KVCache.stack`, the only place a cache is copied), both over the timed steps, joins and leaves included.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from worldsdk import World
 from worldsdk.model import KVCache
 from worldsdk.world import WorldState
 
-MODES = ("stack_split", "split_restart", "slots", "vector_env")
+MODES = ("stack_split", "split_restart", "slots", "vector_env", "bridge")
 
 
 class CopyCounter:
@@ -58,13 +63,46 @@ class CopyCounter:
         KVCache.stack = staticmethod(self._stack)
 
 
+def run_bridge(world: World, sessions: int, steps: int, churn: int, actions, next_seed) -> tuple[float, int]:
+    """Seconds and KV-cache bytes copied for `steps` batched steps of `sessions` bridge clients."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worldsdk.bridge import Client, Server
+
+    def join() -> Client:
+        client = Client(server.address, timeout_ms=600_000)
+        client.reset(seed=next(next_seed))
+        return client
+
+    with Server(world, "tcp://127.0.0.1:*", batch_window_ms=100, max_sessions=2 * sessions + 2,
+                max_sessions_per_client=2).start() as server, ThreadPoolExecutor(sessions) as pool:
+        clients = [join() for _ in range(sessions)]
+        step = lambda: list(pool.map(lambda c, a: c.step(a), clients, actions()))  # noqa: E731
+        step()  # warm-up
+        with CopyCounter() as copies:
+            start = time.perf_counter()
+            for t in range(steps):
+                if t % churn == churn - 1:  # one session leaves, a new one joins
+                    b = t // churn % sessions
+                    clients[b].close()
+                    clients[b] = join()
+                step()
+            elapsed = time.perf_counter() - start
+        for client in clients:
+            client.close()
+    return elapsed, copies.bytes
+
+
 def run(world: World, mode: str, sessions: int, steps: int, churn: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     n_actions = world.spec.action.to_space().n
     actions = lambda: [int(a) for a in rng.integers(0, n_actions, sessions)]  # noqa: E731
     next_seed = iter(range(1000, 10**6))
+    copied = 0
     with torch.inference_mode():
-        if mode == "vector_env":
+        if mode == "bridge":
+            elapsed, copied = run_bridge(world, sessions, steps, churn, actions, next_seed)
+        elif mode == "vector_env":
             from worldsdk.envs.world_env import WorldVectorEnv
 
             env = WorldVectorEnv(sessions, world, max_episode_steps=churn, autoreset_mode="same_step")
@@ -75,6 +113,7 @@ def run(world: World, mode: str, sessions: int, steps: int, churn: int, seed: in
                 for _ in range(steps):
                     env.step(np.array(actions()))
                 elapsed = time.perf_counter() - start
+            copied = copies.bytes
         else:
             _, batch = world.init_state(sessions, seeds=[next(next_seed) for _ in range(sessions)])
             singles = batch.split() if mode == "stack_split" else None
@@ -98,9 +137,10 @@ def run(world: World, mode: str, sessions: int, steps: int, churn: int, seed: in
                     else:
                         batch = world.step_state(batch, actions()).state
                 elapsed = time.perf_counter() - start
+            copied = copies.bytes
     frames = steps * sessions * world.chunk_frames
     return {"mode": mode, "sessions": sessions, "steps": steps, "churn": churn, "frames_per_s": frames / elapsed,
-            "cache_bytes_copied_per_step": copies.bytes / steps,
+            "cache_bytes_copied_per_step": copied / steps,
             "cache_bytes_per_session": KVCache.empty(world.model.config, 1, world.spec.sink_frames).nbytes()}
 
 

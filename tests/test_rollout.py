@@ -145,3 +145,45 @@ def test_a_session_resets_in_its_slot_without_copying_the_batch(monkeypatch):
     batched = world.step_state(state, [2, 5, 4]).frames[1]
     single = world.step_state(ref, [5]).frames[0]
     assert np.abs(batched.astype(int) - single.astype(int)).max() <= 1
+
+
+def test_slots_reset_together_in_one_forward_per_run_of_neighbours(monkeypatch):
+    """reset_sessions of several slots of an `empty_state` batch returns their first frames in the order
+    asked, generated in one forward per run of neighbouring slots: bit for bit init_state's batch."""
+    world = _world()
+    want, ref = world.init_state(3, seeds=[4, 5, 6])
+    state = world.empty_state(3)
+    assert state.cache.lengths == [0, 0, 0] and state.prompts == [world.spec.default_prompt] * 3
+    batches = []
+    step = world.step_state
+    monkeypatch.setattr(world, "step_state", lambda s, actions: batches.append(s.batch_size) or step(s, actions))
+    got = world.reset_sessions(state, [2, 0, 1], seeds=[6, 4, 5])
+    assert batches == [3]
+    np.testing.assert_array_equal(got, want[[2, 0, 1]])
+    assert state.seeds == [4, 5, 6] and state.cache.lengths == ref.cache.lengths and state.steps == [1, 1, 1]
+    batches.clear()
+    world.reset_sessions(state, [2, 0], seeds=[1, 2])
+    assert batches == [1, 1]
+    with pytest.raises(ValueError, match="distinct"):
+        world.reset_sessions(state, [1, 1])
+
+
+def test_a_view_of_neighbouring_slots_steps_them_in_place():
+    """WorldState.view(start, stop) steps slots start..stop-1 through views of the batch's buffers, as the
+    whole batch would step them; absorb takes their lengths back; the other slots are untouched."""
+    world = _world()
+    _, state = world.init_state(4, seeds=[1, 2, 3, 4])
+    _, whole = world.init_state(4, seeds=[1, 2, 3, 4])
+    keys, outside = state.cache.keys[0], state.cache.keys[0][[0, 3]].clone()
+    part = state.view(1, 3)
+    result = world.step_state(part, [2, 5])
+    state.absorb(1, result.state)
+    want = world.step_state(whole, [0, 2, 5, 1])
+    assert state.cache.keys[0] is keys and torch.equal(state.cache.keys[0][[0, 3]], outside)
+    fc = world.model.config.frames_per_chunk
+    assert state.cache.lengths == [fc, 2 * fc, 2 * fc, fc] and state.steps == [1, 2, 2, 1]
+    assert np.abs(result.frames.astype(int) - want.frames[1:3]).max() <= 1
+    n = state.cache.lengths[1] * world.model.config.tokens_per_frame
+    torch.testing.assert_close(state.cache.keys[0][1:3, :n], whole.cache.keys[0][1:3, :n], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="view"):
+        state.cache.absorb(0, part.cache)

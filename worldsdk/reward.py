@@ -85,22 +85,41 @@ class RewardState:
 
     @staticmethod
     def stack(states: Sequence["RewardState"]) -> "RewardState":
-        """One batched state from several (their last chunks must have the same number of frames)."""
-        frames = {s.rewards.shape[1] for s in states}
+        """One batched state from several (their last chunks must have the same number of frames, or none:
+        a state that has seen no chunk yet gets zero predictions)."""
+        frames = {s.rewards.shape[1] for s in states} - {0}
         if len(frames) > 1:
             raise ValueError(f"cannot stack reward states whose last chunks have different lengths {sorted(frames)}")
-        return RewardState(*(torch.cat([getattr(s, name) for s in states]) for name in _STATE_FIELDS))
+        width = frames.pop() if frames else 0
+        pad = lambda x: x if x.shape[1] == width else x.new_zeros(x.shape[0], width)  # noqa: E731
+        return RewardState(*(torch.cat([pad(getattr(s, name)) if name in ("rewards", "terminated") else getattr(s, name)
+                                        for s in states]) for name in _STATE_FIELDS))
 
     def split(self) -> list["RewardState"]:
         """One state per batch item (views of this state's tensors)."""
-        return [RewardState(*(getattr(self, name)[b : b + 1] for name in _STATE_FIELDS)) for b in range(self.batch_size)]
+        return [self.view(b, b + 1) for b in range(self.batch_size)]
 
-    def put(self, b: int, item: "RewardState") -> None:
-        """Copy a one-session state into item b of this batch, in place (a session reset in its slot)."""
-        if item.rewards.shape[1] != self.rewards.shape[1]:
-            raise ValueError(f"a last chunk of {item.rewards.shape[1]} frames does not fit a batch of {self.rewards.shape[1]}")
-        for name in _STATE_FIELDS:
-            getattr(self, name)[b] = getattr(item, name)[0]
+    def view(self, start: int, stop: int) -> "RewardState":
+        """Items start..stop-1 (views of this state's tensors)."""
+        return RewardState(*(getattr(self, name)[start:stop] for name in _STATE_FIELDS))
+
+    def put(self, start: int, part: "RewardState") -> None:
+        """Copy a state of one or more sessions into items start.. of this batch, in place (sessions reset or
+        stepped in their slots). A part that has seen no chunk yet (no predictions) zeroes its items'
+        predictions; a batch that has seen none takes the part's chunk length."""
+        stop = start + part.batch_size
+        for name in ("hidden", "previous", "started"):
+            getattr(self, name)[start:stop] = getattr(part, name)
+        frames = part.rewards.shape[1]
+        if frames == 0:
+            self.rewards[start:stop], self.terminated[start:stop] = 0.0, False
+            return
+        if self.rewards.shape[1] == 0:
+            self.rewards = self.rewards.new_zeros(self.batch_size, frames)
+            self.terminated = self.terminated.new_zeros(self.batch_size, frames)
+        if frames != self.rewards.shape[1]:
+            raise ValueError(f"a last chunk of {frames} frames does not fit a batch of {self.rewards.shape[1]}")
+        self.rewards[start:stop], self.terminated[start:stop] = part.rewards, part.terminated
 
 
 _STATE_FIELDS = ("hidden", "previous", "started", "rewards", "terminated")

@@ -115,23 +115,33 @@ class WorldState:
             uncond=None if states[0].uncond is None else KVCache.stack([s.uncond for s in states]),
         )
 
-    def item(self, b: int) -> "WorldState":
-        """Session b as a state of batch 1 whose caches are views of this batch's slot b (`KVCache.item`);
-        `absorb(b, item)` takes what changed back. Its reward memory starts empty (a new episode)."""
-        return WorldState(cache=self.cache.item(b), prompts=[self.prompts[b]], generators=[self.generators[b]],
-                          steps=[self.steps[b]], seeds=[self.seeds[b]], decoders=[self.decoders[b]], rewards=None,
-                          sampler=self.sampler, uncond=None if self.uncond is None else self.uncond.item(b))
+    def view(self, start: int, stop: int) -> "WorldState":
+        """Sessions start..stop-1 as a state whose caches and reward memory are views of this batch's slots
+        (`KVCache.view`): a step of it writes into those slots in place, and `absorb(start, part)` takes
+        what changed back. No cache byte is copied either way."""
+        return WorldState(
+            cache=self.cache.view(start, stop), prompts=self.prompts[start:stop], generators=self.generators[start:stop],
+            steps=self.steps[start:stop], seeds=self.seeds[start:stop], decoders=self.decoders[start:stop],
+            rewards=None if self.rewards is None else self.rewards.view(start, stop), sampler=self.sampler,
+            uncond=None if self.uncond is None else self.uncond.view(start, stop))
 
-    def absorb(self, b: int, item: "WorldState") -> None:
-        """Take session b back from `item(b)` after it ran alone: lengths, prompt, generator, step count,
-        seed, decoder and reward memory (copied into the batch's, in place); the caches are already shared."""
-        self.cache.absorb(b, item.cache)
+    def item(self, b: int) -> "WorldState":
+        """Session b as a state of batch 1 viewing slot b (`view(b, b + 1)`)."""
+        return self.view(b, b + 1)
+
+    def absorb(self, start: int, part: "WorldState") -> None:
+        """Take sessions start.. back from `view(start, ...)` (or the state a step of it returned): cache
+        lengths, prompts, generators, step counts, seeds, decoders and reward memory (copied into the
+        batch's, in place); the caches' buffers are already shared."""
+        stop = start + part.batch_size
+        self.cache.absorb(start, part.cache)
         if self.uncond is not None:
-            self.uncond.absorb(b, item.uncond)
-        self.prompts[b], self.generators[b], self.steps[b] = item.prompts[0], item.generators[0], item.steps[0]
-        self.seeds[b], self.decoders[b] = item.seeds[0], item.decoders[0]
-        if self.rewards is not None and item.rewards is not None:
-            self.rewards.put(b, item.rewards)
+            self.uncond.absorb(start, part.uncond)
+        self.prompts[start:stop], self.generators[start:stop], self.steps[start:stop] = part.prompts, part.generators, part.steps
+        self.seeds[start:stop], self.decoders[start:stop] = part.seeds, part.decoders
+        if self.rewards is not None and part.rewards is not None:
+            with torch.inference_mode():  # the world's tensors are inference tensors; a client absorbs outside
+                self.rewards.put(start, part.rewards)
 
     def split(self) -> list["WorldState"]:
         """One state per batch item (sharing this state's buffers)."""
@@ -390,21 +400,30 @@ class World:
         `sampler` generates their chunks (default: the world's few-step sampler); a guided one (e.g.
         `EulerSampler.from_schedule(world.spec.schedule, 48, 6.0)`, the teachers') keeps an unconditional cache.
         """
-        prompts = _per_item(prompts, batch_size, self.spec.default_prompt, "prompts")
-        seeds = _per_item(seeds, batch_size, None, "seeds")
         contexts = _per_item(contexts, batch_size, None, "contexts")
-        singles = [self._empty_state(p, _fresh_seed() if s is None else int(s), sampler) for p, s in zip(prompts, seeds)]
-        frames: list[np.ndarray | None] = [None] * batch_size
-        for b, context in enumerate(contexts):
-            if context is not None:
-                frames[b] = self._commit_context(singles[b], context)
-        fresh = [b for b in range(batch_size) if frames[b] is None]
-        if fresh:
-            noop = self.spec.action.noop_action()
-            first = self.step_state(WorldState.stack([singles[b] for b in fresh]), [noop] * len(fresh))
-            for i, (b, single) in enumerate(zip(fresh, first.state.split())):
-                frames[b], singles[b] = first.frames[i], single
-        return np.stack(frames), WorldState.stack(singles)
+        state = self.empty_state(batch_size, prompts, seeds, sampler)
+        return self._start_episodes(state, list(range(batch_size)), contexts), state
+
+    @torch.inference_mode()
+    def empty_state(self, batch_size: int = 1, prompts: Sequence[str] | str | None = None,
+                    seeds: Sequence[int | None] | int | None = None, sampler: Sampler | None = None) -> WorldState:
+        """`batch_size` sessions with nothing generated yet: their caches allocated and empty, prompts set
+        (default the spec's), generators seeded (default fresh seeds). Episodes start in these slots with
+        `reset_sessions`; the bridge server keeps its sessions in the slots of such a batch."""
+        prompts = _per_item(prompts, batch_size, self.spec.default_prompt, "prompts")
+        seeds = [_fresh_seed() if s is None else int(s) for s in _per_item(seeds, batch_size, None, "seeds")]
+        param = next(self.model.parameters())
+        empty = lambda: KVCache.empty(self.model.config, batch_size, self.spec.sink_frames, device=self.device, dtype=param.dtype)  # noqa: E731
+        rewards = None if self.reward_model is None else self.reward_model.empty_state(batch_size, self.device)
+        uncond = None
+        if sampler is not None and sampler.guidance != 1.0:  # the unconditional branch: empty prompt, no actions
+            uncond = empty()
+            null = torch.zeros_like(self._encode_text(prompts[0]))
+            for b in range(batch_size):
+                self.model.set_prompt(uncond, b, null)
+        state = WorldState(empty(), list(prompts), [torch.Generator().manual_seed(s) for s in seeds], [0] * batch_size,
+                           seeds, [self.codec.decoder_state() for _ in range(batch_size)], rewards, sampler, uncond)
+        return self.prompt_state(state, prompts)
 
     @torch.inference_mode()
     def reset_sessions(self, state: WorldState, indices: Sequence[int], prompts: Sequence[str] | str | None = None,
@@ -412,30 +431,47 @@ class World:
                        contexts: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
         """Start new episodes in the slots `indices` of a batch, in place: each slot's history is cleared
         (`KVCache.clear`) and refilled as `init_state` would start it; no other session's buffers are
-        copied or touched, and the batch keeps its size. Returns the new episodes' first frames
-        (len(indices), chunk, H, W, 3); `state` is updated."""
+        copied or touched, and the batch keeps its size. Slots that generate their first chunk and lie next
+        to each other do so in one forward. Returns the new episodes' first frames (len(indices), chunk,
+        H, W, 3), in the order of `indices`; `state` is updated."""
         indices = [int(b) for b in indices]
+        if len(set(indices)) != len(indices) or not all(0 <= b < state.batch_size for b in indices):
+            raise ValueError(f"slots {indices} must be distinct slots of a batch of {state.batch_size}")
         prompts = _per_item(prompts, len(indices), self.spec.default_prompt, "prompts")
         seeds = _per_item(seeds, len(indices), None, "seeds")
         contexts = _per_item(contexts, len(indices), None, "contexts")
-        frames = []
-        for b, prompt, seed, context in zip(indices, prompts, seeds, contexts):
+        no_rewards = state.rewards is None or self.reward_model is None
+        empty_rewards = None if no_rewards else self.reward_model.empty_state(1, self.device)
+        for b, prompt, seed in zip(indices, prompts, seeds):
             seed = _fresh_seed() if seed is None else int(seed)
-            item = state.item(b)
-            for cache in (item.cache, item.uncond):
+            for cache in (state.cache, state.uncond):
                 if cache is not None:
-                    cache.clear(0)
-            item.generators[0], item.seeds[0], item.steps[0] = torch.Generator().manual_seed(seed), seed, 0
-            item.decoders[0] = self.codec.decoder_state()
-            if state.rewards is not None and self.reward_model is not None:
-                item.rewards = self.reward_model.empty_state(1, self.device)
-            self.prompt_state(item, [prompt])
+                    cache.clear(b)
+            state.generators[b], state.seeds[b], state.steps[b] = torch.Generator().manual_seed(seed), seed, 0
+            state.decoders[b] = self.codec.decoder_state()
+            if empty_rewards is not None:
+                state.rewards.put(b, empty_rewards)
+        self.prompt_state(state, prompts, indices)
+        return self._start_episodes(state, indices, contexts)
+
+    def _start_episodes(self, state: WorldState, indices: list[int], contexts: list[np.ndarray | None]) -> np.ndarray:
+        """First frames of the new episodes in slots `indices` (empty histories, prompts and seeds set): a
+        slot with context frames commits them, the others generate a chunk under the no-op action, one
+        forward per run of neighbouring slots."""
+        frames: dict[int, np.ndarray] = {}
+        for b, context in zip(indices, contexts):
             if context is not None:
-                frames.append(self._commit_context(item, context))
-            else:
-                frames.append(self.step_state(item, [self.spec.action.noop_action()]).frames[0])
-            state.absorb(b, item)
-        return np.stack(frames) if frames else np.zeros((0, *self.observation_shape), np.uint8)
+                part = state.item(b)
+                frames[b] = self._commit_context(part, context)
+                state.absorb(b, part)
+        noop = self.spec.action.noop_action()
+        for start, stop in contiguous_runs([b for b, context in zip(indices, contexts) if context is None]):
+            result = self.step_state(state.view(start, stop), [noop] * (stop - start))
+            state.absorb(start, result.state)
+            frames.update(zip(range(start, stop), result.frames))
+        if not indices:
+            return np.zeros((0, *self.observation_shape), np.uint8)
+        return np.stack([frames[b] for b in indices])
 
     @torch.inference_mode()
     def step_state(self, state: WorldState, actions: Sequence[Any]) -> StepResult:
@@ -523,18 +559,6 @@ class World:
         return None if self.state is None else self.state.prompts[0]
 
     # -- internals ----------------------------------------------------------------------------------------
-    def _empty_state(self, prompt: str, seed: int, sampler: Sampler | None = None) -> WorldState:
-        param = next(self.model.parameters())
-        empty = lambda: KVCache.empty(self.model.config, 1, self.spec.sink_frames, device=self.device, dtype=param.dtype)  # noqa: E731
-        rewards = None if self.reward_model is None else self.reward_model.empty_state(1, self.device)
-        uncond = None
-        if sampler is not None and sampler.guidance != 1.0:  # the unconditional branch: empty prompt, no actions
-            uncond = empty()
-            self.model.set_prompt(uncond, 0, torch.zeros_like(self._encode_text(prompt)))
-        state = WorldState(empty(), [prompt], [torch.Generator().manual_seed(seed)], [0], [seed],
-                           [self.codec.decoder_state()], rewards, sampler, uncond)
-        return self.prompt_state(state, [prompt])
-
     def _noise(self, state: WorldState):
         """Fresh noise of one chunk per session, each from its own generator: () -> (B, C, F, h, w)."""
         cfg = self.model.config
@@ -615,6 +639,18 @@ class World:
 
 
 _text_config = text_config  # the name trainers imported before `worldsdk.presets.text_config` was public
+
+
+def contiguous_runs(slots: Sequence[int]) -> list[tuple[int, int]]:
+    """The slots as runs of neighbours [(start, stop), ...], in increasing order: each run is one view of a
+    batch (`WorldState.view`), so one forward without a copy."""
+    runs: list[list[int]] = []
+    for b in sorted(slots):
+        if runs and b == runs[-1][1]:
+            runs[-1][1] = b + 1
+        else:
+            runs.append([b, b + 1])
+    return [(start, stop) for start, stop in runs]
 
 
 def _per_item(values, n: int, default, what: str) -> list:

@@ -1,10 +1,15 @@
 """The bridge server: one World served to many clients over a ZeroMQ ROUTER socket.
 
-The server is a thin client of the World's batched-session API (`init_state`, `step_state`,
-`prompt_state`, `WorldState.stack/split`); it never touches the model or the cache. One thread runs
-a poll loop: it drains every request waiting on the socket, answers the cheap ones at once, and runs
-the step requests of all sessions that are waiting as ONE batched forward (new-session resets
-likewise as one `init_state`). Requests of one session are answered in the order they came.
+The server is a thin client of the World's batched-session API (`empty_state`, `reset_sessions`,
+`step_state`, `prompt_state`, `WorldState.view/absorb`); it never touches the model or the cache. One
+thread runs a poll loop: it drains every request waiting on the socket, answers the cheap ones at once,
+and runs the step requests of all sessions that are waiting as ONE batched forward (resets likewise as
+one `reset_sessions`). Requests of one session are answered in the order they came.
+
+Sessions live in the slots of one batch state per batching mode (`SlotBatch`): a session joins by taking
+the lowest free slot and resetting it in place, leaves by freeing it, and steps through a view of the
+run of neighbouring slots it shares with the other sessions of its round, so the step path copies no KV
+cache (before, every batched step stacked the sessions' caches into a new batch and split it again).
 
 When the world carries a reward model, every step reply also carries the rewards it predicts for
 the session's chunk (read from the batched step's `StepResult`); when it carries a bank of real
@@ -25,6 +30,7 @@ pings or other sessions' steps in between evict nothing.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import ipaddress
 import logging
 import secrets
@@ -37,6 +43,8 @@ from typing import Any
 
 import numpy as np
 import zmq
+
+from worldsdk.world import contiguous_runs
 
 from . import protocol as P
 from . import shm
@@ -64,13 +72,53 @@ class StepRewards:
 NO_REWARDS = StepRewards()
 
 
+class SlotBatch:
+    """The sessions of one batching mode, in the slots of one batch state of the world (`World.empty_state`).
+
+    A session joins by taking the lowest free slot (which keeps the sessions that play together in one
+    run of neighbouring slots, one view, one forward) and leaves by freeing it; its history is cleared
+    when the next session resets the slot (`World.reset_sessions`). When no slot is free the batch doubles
+    (up to `limit` slots): the one place its caches are copied, on a join, never on a step. Slots stay
+    allocated once made, so a server holds the memory of the most sessions it has held at once.
+    """
+
+    def __init__(self, world, limit: int):
+        self.world = world
+        self.limit = limit
+        self.state = None  # no slot until the first join
+        self._free: list[int] = []  # a heap: the lowest free slot first
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self.state is None else self.state.batch_size
+
+    def take(self) -> int:
+        if not self._free:
+            self._grow()
+        return heapq.heappop(self._free)
+
+    def release(self, slot: int) -> None:
+        heapq.heappush(self._free, slot)
+
+    def _grow(self) -> None:
+        old = self.capacity
+        new = min(max(1, 2 * old), self.limit)
+        if new <= old:
+            raise RuntimeError(f"all {self.limit} slots are taken")  # the session quotas are checked before
+        extra = self.world.empty_state(new - old)
+        self.state = extra if self.state is None else type(extra).stack([self.state, extra])
+        for slot in range(old, new):
+            heapq.heappush(self._free, slot)
+        log.debug("slot batch grown from %d to %d slots", old, new)
+
+
 @dataclass
 class Session:
-    """One client's world: its explicit WorldState (batch size 1) and how it wants its frames."""
+    """One client's world: its slot in the batch of its batching mode, and how it wants its frames."""
 
     id: str
     owner: bytes  # routing id of the client that created it
-    state: Any
+    slot: int  # in self.slots[batching]
     codec: str = "raw"
     quality: int = 90
     chunks: int = 0  # chunks returned since the last reset (the reset chunk is 0)
@@ -221,6 +269,9 @@ class Server:
             raise ValueError("max_sessions, max_sessions_per_client, max_clients, reply_window and max_batch must be >= 1")
         self.batching = batching
         self.sessions: dict[str, Session] = {}
+        # exact sessions have a batch of their own: each steps alone through a view of its slot (a batch of
+        # one, as in-process), and they leave no gaps between the shared sessions that step together
+        self.slots = {mode: SlotBatch(world, self.max_sessions) for mode in P.BATCHING_MODES}
         self.peers: dict[bytes, Peer] = {}
         self.batch_sizes: Counter[int] = Counter()  # batch size -> forwards made (steps and resets), for tests and benchmarks
         self._pending: deque[Request] = deque()
@@ -558,7 +609,8 @@ class Server:
             reply["sessions"] = sorted(peer.sessions) if peer is not None else []
         elif kind == "set_prompt":
             session = self._session(request)
-            session.state = self._call(self.world.prompt_state, session.state, [request.header["prompt"]])
+            batch = self.slots[session.batching]
+            batch.state = self._call(self.world.prompt_state, batch.state, [request.header["prompt"]], [session.slot])
             reply["session"] = session.id
         elif kind == "close":
             session = self._session(request)
@@ -580,42 +632,59 @@ class Server:
         return request.header.get("batching") or (session.batching if session is not None else self.batching)
 
     def _run_resets(self, resets: list[tuple[Request, Session | None]]) -> None:
-        """Exact sessions start in an init_state of their own, the others together in one."""
+        """Exact sessions start in a reset of their own, the others together in one."""
         shared = [item for item in resets if self._batching(*item) == "shared"]
         for group in ([shared] if shared else []) + [[item] for item in resets if self._batching(*item) == "exact"]:
             self._start_sessions(group)
 
     def _start_sessions(self, resets: list[tuple[Request, Session | None]]) -> None:
-        prompts = [self._prompt(request) for request, _ in resets]
-        seeds = [r.header.get("seed") for r, _ in resets]  # None: a fresh random seed
-        contexts = [r.context for r, _ in resets]
-        try:
-            frames, state = self.world.init_state(batch_size=len(resets), prompts=prompts, seeds=seeds, contexts=contexts)
-            states = state.split()
-            self.batch_sizes[len(resets)] += 1
-        except Exception as e:
-            log.exception("init_state failed for %d sessions", len(resets))
-            for request, _ in resets:
-                self._refuse(request, P.INTERNAL, f"the world raised {type(e).__name__}: {str(e)[:500]}")
-            return
-        for i, (request, session) in enumerate(resets):
+        """Start episodes in slots of one batching mode's batch: a session that keeps its mode resets its own
+        slot in place, a new one (or one changing mode) takes a free slot."""
+        batching = self._batching(*resets[0])  # the same for the whole group
+        batch = self.slots[batching]
+        started = []  # (request, session, codec, ring, slot)
+        for request, session in resets:
             codec = request.header.get("codec", session.codec if session is not None else "raw")
-            batching = self._batching(request, session)  # before a new session exists (it would answer its default)
             try:
                 ring = self._ring(session, codec)
             except OSError as e:
                 self._refuse(request, P.BUSY, f"no room for a frame ring of {self.ring_slots} chunks in {shm.SHM_DIR} "
                              f"({e.strerror}); use codec raw")
                 continue
+            in_place = session is not None and session.batching == batching
+            started.append((request, session, codec, ring, session.slot if in_place else batch.take()))
+        if not started:
+            return
+        prompts = [self._prompt(request) for request, *_ in started]
+        try:
+            frames = self.world.reset_sessions(batch.state, [slot for *_, slot in started], prompts,
+                                               [r.header.get("seed") for r, *_ in started],  # None: a fresh random seed
+                                               [r.context for r, *_ in started])
+            self.batch_sizes[len(started)] += 1
+        except Exception as e:
+            log.exception("reset_sessions failed for %d sessions", len(started))
+            for request, session, _, ring, slot in started:
+                if ring is not None and (session is None or ring is not session.ring):
+                    ring.close()
+                if session is not None and session.batching == batching:
+                    self._free(session)  # reset in its slot: its history is gone, so is the session
+                else:
+                    batch.release(slot)
+                self._refuse(request, P.INTERNAL, f"the world raised {type(e).__name__}: {str(e)[:500]}")
+            return
+        for i, (request, session, codec, ring, slot) in enumerate(started):
             if session is None:
-                session = Session(secrets.token_hex(16), request.envelope[0], states[i])
+                session = Session(secrets.token_hex(16), request.envelope[0], slot, batching=batching)
                 self.sessions[session.id] = session
                 peer = self.peers.get(request.envelope[0])
                 if peer is not None:
                     peer.sessions.add(session.id)
                 log.info("opened session %s for client %s (%d open)", session.id, request.envelope[0].hex(), len(self.sessions))
-            session.state, session.chunks, session.last_played = states[i], 0, time.monotonic()
-            session.batching = batching
+            elif session.batching != batching:  # it moved to the other mode's batch
+                self.slots[session.batching].release(session.slot)
+            if session.ring is not None and session.ring is not ring:
+                session.ring.close()
+            session.slot, session.batching, session.chunks, session.last_played = slot, batching, 0, time.monotonic()
             session.codec, session.ring = codec, ring
             session.quality = request.header.get("quality", session.quality)
             fields = {"start": request.start, "prompt": prompts[i], "batching": session.batching, "codec": session.codec,
@@ -625,12 +694,11 @@ class Server:
             self._send_frames(request, session, frames[i], fields)
 
     def _ring(self, session: Session | None, codec: str) -> shm.FrameRing | None:
-        """The frame ring a session needs for `codec`: its own when it has one, a new one, or none."""
-        ring = session.ring if session is not None else None
+        """The frame ring a session needs for `codec`: its own when it has one, a new one, or none (its own
+        is closed once the reset has succeeded)."""
         if codec != "shm":
-            if ring is not None:
-                ring.close()
             return None
+        ring = session.ring if session is not None else None
         return ring or shm.FrameRing(self.world.observation_shape, self.ring_slots)
 
     def _prompt(self, request: Request) -> str:
@@ -643,30 +711,47 @@ class Server:
         return self.spec.default_prompt
 
     def _run_steps(self, steps: list[tuple[Request, Session, Any]]) -> None:
-        """Shared sessions step in one forward; each exact session in a forward of its own."""
-        shared = [item for item in steps if item[1].batching == "shared"]
-        for group in ([shared] if shared else []) + [[item] for item in steps if item[1].batching == "exact"]:
-            self._step_sessions(group)
+        """Shared sessions step together, one forward per run of neighbouring slots (one run when the
+        sessions playing hold the lowest slots, which joins keep true); each exact session in a forward of
+        its own."""
+        shared = sorted((item for item in steps if item[1].batching == "shared"), key=lambda item: item[1].slot)
+        runs = [[item for item in shared if start <= item[1].slot < stop]
+                for start, stop in contiguous_runs([session.slot for _, session, _ in shared])]
+        for run in runs + [[item] for item in steps if item[1].batching == "exact"]:
+            self._step_sessions(run)
 
     def _step_sessions(self, steps: list[tuple[Request, Session, Any]]) -> None:
+        """Step sessions that hold neighbouring slots of one batch, in place through a view of their slots."""
+        batch = self.slots[steps[0][1].batching]
+        start = steps[0][1].slot
+        part = batch.state.view(start, start + len(steps))
         try:
-            states = [session.state for _, session, _ in steps]
-            result = self.world.step_state(type(states[0]).stack(states), [action for _, _, action in steps])
+            result = self.world.step_state(part, [action for _, _, action in steps])
+            batch.state.absorb(start, result.state)
             frames, rewards = result.frames, self._rewards(result)
-            new_states = result.state.split()
             self.batch_sizes[len(steps)] += 1
         except Exception:
+            # A session whose step count moved had its chunk written into its slot before the world raised:
+            # it cannot keep its previous state, so it is closed. The others are as they were.
+            moved = [part.steps[i] != batch.state.steps[start + i] for i in range(len(steps))]
+            batch.state.absorb(start, part)  # the slots' bookkeeping matches what was written into them
+            for (request, session, _), written in zip(steps, moved):
+                if written:
+                    log.exception("step_state failed after writing session %s's chunk: closing it", session.id)
+                    self._free(session)
+                    self._refuse(request, P.INTERNAL, "the world raised while stepping, after writing the chunk into "
+                                 "the session's cache: the session is closed; reset to start a new one")
+            steps = [item for item, written in zip(steps, moved) if not written]
             if len(steps) == 1:
                 request = steps[0][0]
                 log.exception("step_state failed for session %s", request.session_id)
                 self._refuse(request, P.INTERNAL, "the world raised while stepping; the session keeps its previous state")
-                return
-            log.exception("a batched step of %d sessions failed; stepping them one by one", len(steps))
-            for item in steps:
-                self._step_sessions([item])
+            elif steps:
+                log.exception("a batched step of %d sessions failed; stepping them one by one", len(steps))
+                for item in steps:
+                    self._step_sessions([item])
             return
         for i, (request, session, _) in enumerate(steps):
-            session.state = new_states[i]
             session.chunks += 1
             session.last_played = time.monotonic()
             self._send_frames(request, session, frames[i], rewards[i].to_wire())
@@ -687,7 +772,8 @@ class Server:
                 self._free(self.sessions[sid])
 
     def _free(self, session: Session) -> None:
-        self.sessions.pop(session.id, None)
+        if self.sessions.pop(session.id, None) is not None:
+            self.slots[session.batching].release(session.slot)
         if session.ring is not None:
             session.ring.close()
             session.ring = None

@@ -1,7 +1,8 @@
 """A stand-in world for testing an engine integration or measuring the bridge without a model.
 
 `NoiseWorld` implements the World API the server uses (spec, chunk_frames, observation_shape,
-reset/step and the batched init_state/step_state/prompt_state) and returns random uint8 frames of any
+reset/step and the batched sessions: init_state, empty_state, reset_sessions, step_state, prompt_state,
+and the state's view/absorb of slots) and returns random uint8 frames of any
 size, deterministically from the seed, prompt and actions. `step_seconds` emulates the compute of one
 batched forward, so the batching gain of the server can be measured without a model.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -18,11 +19,16 @@ from worldsdk.config import ActionSpec, WorldSpec
 from worldsdk.world import StepResult
 
 
-@dataclass(frozen=True)
+@dataclass
 class NoiseState:
-    """Batched session state: one history code per item (a stand-in for the KV cache)."""
+    """Batched session state: one history code and one step count per item (a stand-in for the KV cache)."""
 
-    codes: tuple[int, ...]
+    codes: list[int]
+    steps: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.codes = list(self.codes)
+        self.steps = list(self.steps) or [0] * len(self.codes)
 
     @property
     def batch_size(self) -> int:
@@ -30,10 +36,17 @@ class NoiseState:
 
     @staticmethod
     def stack(states: list["NoiseState"]) -> "NoiseState":
-        return NoiseState(tuple(c for s in states for c in s.codes))
+        return NoiseState([c for s in states for c in s.codes], [n for s in states for n in s.steps])
 
     def split(self) -> list["NoiseState"]:
-        return [NoiseState((c,)) for c in self.codes]
+        return [self.view(b, b + 1) for b in range(self.batch_size)]
+
+    def view(self, start: int, stop: int) -> "NoiseState":
+        return NoiseState(self.codes[start:stop], self.steps[start:stop])
+
+    def absorb(self, start: int, part: "NoiseState") -> None:
+        stop = start + part.batch_size
+        self.codes[start:stop], self.steps[start:stop] = part.codes, part.steps
 
 
 class NoiseWorld:
@@ -70,27 +83,35 @@ class NoiseWorld:
 
     # -- batched sessions --------------------------------------------------------------------------
     def init_state(self, batch_size=1, prompts=None, seeds=None, contexts=None):
-        prompts = [self.spec.default_prompt if p is None else p for p in (prompts or [None] * batch_size)]
-        seeds = [0 if s is None else int(s) for s in (seeds or [None] * batch_size)]
-        codes = tuple(_mix(seed, zlib.crc32(p.encode())) for seed, p in zip(seeds, prompts))
-        return self._frames(codes), NoiseState(codes)
+        state = self.empty_state(batch_size)
+        return self.reset_sessions(state, range(batch_size), prompts, seeds, contexts), state
+
+    def empty_state(self, batch_size=1):
+        return NoiseState([0] * batch_size)
+
+    def reset_sessions(self, state: NoiseState, indices, prompts=None, seeds=None, contexts=None):
+        indices = list(indices)
+        prompts = [self.spec.default_prompt if p is None else p for p in (prompts or [None] * len(indices))]
+        seeds = [0 if s is None else int(s) for s in (seeds or [None] * len(indices))]
+        for b, seed, p in zip(indices, seeds, prompts):
+            state.codes[b], state.steps[b] = _mix(seed, zlib.crc32(p.encode())), 0
+        return self._frames([state.codes[b] for b in indices])
 
     def step_state(self, state: NoiseState, actions):
         if len(actions) != state.batch_size:
             raise ValueError(f"{len(actions)} actions for a batch of {state.batch_size}")
         for a in actions:
             self.spec.action.validate(a)
-        codes = tuple(_mix(c, zlib.crc32(repr(np.asarray(a).tolist()).encode())) for c, a in zip(state.codes, actions))
+        codes = [_mix(c, zlib.crc32(repr(np.asarray(a).tolist()).encode())) for c, a in zip(state.codes, actions)]
         if self.step_seconds:
             time.sleep(self.step_seconds)
-        return StepResult(self._frames(codes), NoiseState(codes))
+        return StepResult(self._frames(codes), NoiseState(codes, [n + 1 for n in state.steps]))
 
     def prompt_state(self, state: NoiseState, prompts, indices=None):
         indices = range(state.batch_size) if indices is None else indices
-        codes = list(state.codes)
         for i, p in zip(indices, prompts):
-            codes[i] = _mix(codes[i], zlib.crc32(p.encode()))
-        return replace(state, codes=tuple(codes))
+            state.codes[i] = _mix(state.codes[i], zlib.crc32(p.encode()))
+        return state
 
     def _frames(self, codes) -> np.ndarray:
         """(B, chunk, H, W, 3): a bank chunk per item, its history code written into the first bytes

@@ -175,23 +175,30 @@ class KVCache:
         """One cache per batch item (views of this cache's buffers)."""
         return [self.item(b) for b in range(self.batch_size)]
 
-    def item(self, b: int) -> "KVCache":
-        """Item b as a cache of batch 1 whose buffers are views of this one's: what is written through it
-        lands in slot b in place; its lengths are its own until `absorb` writes them back."""
-        pick = lambda xs: [x[b : b + 1] for x in xs]  # noqa: E731
+    def view(self, start: int, stop: int) -> "KVCache":
+        """Items start..stop-1 as a cache whose buffers are views of this one's: what is written through it
+        lands in those slots in place; its lengths are its own until `absorb` writes them back."""
+        if not 0 <= start < stop <= self.batch_size:
+            raise ValueError(f"slots [{start}, {stop}) are not in a batch of {self.batch_size}")
+        pick = lambda xs: [x[start:stop] for x in xs]  # noqa: E731
         return KVCache(
             keys=pick(self.keys), values=pick(self.values), text_keys=pick(self.text_keys), text_values=pick(self.text_values),
-            lengths=[self.lengths[b]], total=[self.total[b]], tokens_per_frame=self.tokens_per_frame,
+            lengths=self.lengths[start:stop], total=self.total[start:stop], tokens_per_frame=self.tokens_per_frame,
             capacity_frames=self.capacity_frames, sink_frames=self.sink_frames,
-            recent=None if self.recent is None else self.recent[b : b + 1],
-            recent_valid=None if self.recent is None else self.recent_valid[b : b + 1],
+            recent=None if self.recent is None else self.recent[start:stop],
+            recent_valid=None if self.recent is None else self.recent_valid[start:stop],
         )
 
-    def absorb(self, b: int, item: "KVCache") -> None:
-        """Take the lengths of `item(b)` back after writing through it (the buffers are already shared)."""
-        if item.keys[0].data_ptr() != self.keys[0][b : b + 1].data_ptr():
-            raise ValueError(f"absorb takes back a view made by item({b}) of this cache")
-        self.lengths[b], self.total[b] = item.lengths[0], item.total[0]
+    def item(self, b: int) -> "KVCache":
+        """Item b as a cache of batch 1 viewing slot b (`view(b, b + 1)`)."""
+        return self.view(b, b + 1)
+
+    def absorb(self, start: int, view: "KVCache") -> None:
+        """Take the lengths of `view(start, ...)` back after writing through it (the buffers are already shared)."""
+        if view.keys[0].data_ptr() != self.keys[0][start:].data_ptr() or start + view.batch_size > self.batch_size:
+            raise ValueError(f"absorb takes back a view made by view({start}, ...) of this cache")
+        stop = start + view.batch_size
+        self.lengths[start:stop], self.total[start:stop] = view.lengths, view.total
 
     def nbytes(self) -> int:
         extra = [] if self.recent is None else [self.recent, self.recent_valid]
