@@ -89,8 +89,10 @@ class FakeSampler:
     def resolve(self, world):
         return self
 
-    def start(self, world, prompt, seed, context):
+    def start(self, world, prompt, seed, context, context_actions=None):
         assert context.shape[1:] == (64, 64, 3) and len(context) == world.model.config.latent_frames_max - 2
+        # the actions that played the context: one per frame, of the game's action set
+        assert len(context_actions) == len(context) and all(0 <= a < 6 for a in context_actions)
         return KeyFollowingRollout(self.follow)
 
 

@@ -92,6 +92,26 @@ def test_reset_from_context_returns_its_last_chunk_and_conditions_the_world(tiny
         world.reset(context=context.astype(np.float32))
 
 
+def test_context_actions_are_the_history_actions_of_the_kept_frames(tiny_world):
+    world = tiny_world
+    context = np.random.default_rng(0).integers(0, 255, size=(5, 32, 32, 3), dtype=np.uint8)
+
+    def next_chunk(actions):
+        _, state = world.init_state(1, seeds=[1], contexts=[context], context_actions=None if actions is None else [actions])
+        return world.step_state(state, [0]).frames[0]
+
+    base = next_chunk([2, 2, 2, 2, 2])
+    assert not np.array_equal(base, next_chunk(None))  # committed under its actions, not under "no action"
+    assert not np.array_equal(base, next_chunk([2, 2, 2, 2, 3]))  # the last frame's action is history
+    assert np.array_equal(base, next_chunk([5, 2, 2, 2, 2]))  # frame 0 is dropped (whole chunks only), so is its action
+    with pytest.raises(ValueError, match="one action per context frame"):
+        next_chunk([2, 2])
+    with pytest.raises(ValueError, match="need context frames"):
+        world.init_state(1, context_actions=[[2, 2]])
+    with pytest.raises(ValueError, match=r"Discrete\(6\)"):
+        next_chunk([2, 2, 2, 2, 9])
+
+
 def test_bad_actions_name_the_space_and_value(tiny_world):
     tiny_world.reset(seed=0)
     for bad in (6, -1, 1.5, "left", [1]):

@@ -151,18 +151,20 @@ class Sampler:
         s = self.resolve(world)
         return world.sampler if s.kind == "few_step" else EulerSampler.from_schedule(world.spec.schedule, s.steps, s.guidance)
 
-    def start(self, world, prompt: str, seed: int, context: np.ndarray) -> "Rollout":
-        """A session of `world` continuing from real context frames (N, H, W, 3), N >= one chunk."""
-        return Rollout(world, prompt, seed, context, self.rollout_sampler(world))
+    def start(self, world, prompt: str, seed: int, context: np.ndarray, context_actions=None) -> "Rollout":
+        """A session of `world` continuing from real context frames (N, H, W, 3), N >= one chunk, and the
+        actions that produced them (one per frame; None: committed without action)."""
+        return Rollout(world, prompt, seed, context, self.rollout_sampler(world), context_actions)
 
 
 class Rollout:
     """One session of a world, through its public session API; `step` takes one action per frame.
     `sampler`: a `worldsdk.rollout` sampler (default the world's own few-step sampler)."""
 
-    def __init__(self, world, prompt: str, seed: int, context: np.ndarray, sampler=None):
+    def __init__(self, world, prompt: str, seed: int, context: np.ndarray, sampler=None, context_actions=None):
         self.world = world
-        _, self.state = world.init_state(1, [prompt], [seed], [context], sampler=sampler)
+        actions = None if context_actions is None else [[int(a) for a in context_actions]]
+        _, self.state = world.init_state(1, [prompt], [seed], [context], sampler=sampler, context_actions=actions)
 
     def step(self, frame_actions: Sequence) -> np.ndarray:
         """Frames (chunk, H, W, 3) of the next chunk under one action per latent frame."""
@@ -191,8 +193,11 @@ def replay(world, frames: np.ndarray, actions: np.ndarray, prompt: str, start: i
            sampler: Sampler = Sampler()):
     """Generate `length` frames from real context frames[:start] and the real per-frame actions."""
     chunk = world.chunk_frames
-    context = frames[max(0, start - world.model.config.latent_frames_max + chunk) : start]
-    rollout = sampler.start(world, prompt, seed, context)
+    first = max(0, start - world.model.config.latent_frames_max + chunk)
+    context = frames[first:start]
+    # the context's own actions, as the world saw its history in training (per-frame codecs only)
+    context_actions = actions[first:start] if world.autoencoder.config.temporal_stride == 1 else None
+    rollout = sampler.start(world, prompt, seed, context, context_actions)
     out = [rollout.step([int(a) for a in actions[s : s + chunk]]) for s in range(start, start + length, chunk)]
     return np.concatenate(out)[:length]
 
@@ -423,18 +428,21 @@ def action_test(world, env_id: str, trials: int = 8, chunks: int = 6, seed: int 
     for _ in range(trials):
         while True:  # a moment of play with enough frames before it
             frames = [env.reset(seed=int(rng.integers(2**31)))[0]]
+            played = [0] * len(frames[0])  # the action behind each frame: the reset chunk's no-op
             action, ended = 0, False
             for _ in range(int(rng.integers(*warmup_chunks))):
                 if rng.random() < 0.25:
                     action = int(rng.integers(env.action_space.n))
                 obs, _, terminated, truncated, _ = env.step(action)
                 frames.append(obs)
+                played += [action] * len(obs)
                 if terminated or truncated:
                     ended = True
                     break
             if not ended and len(frames) * chunk >= context_frames:
                 break
         context = np.concatenate(frames)[-context_frames:]
+        context_actions = played[-context_frames:] if world.autoencoder.config.temporal_stride == 1 else None
         moment = game.cloneState()
         noise_seed = int(rng.integers(2**31))
         ends = {}
@@ -442,12 +450,12 @@ def action_test(world, env_id: str, trials: int = 8, chunks: int = 6, seed: int 
             game.restoreState(moment)
             for _ in range(chunks):
                 real_last = env.step(action)[0][-1]
-            rollout = sampler.start(world, prompt, noise_seed, context)
+            rollout = sampler.start(world, prompt, noise_seed, context, context_actions)
             for _ in range(chunks):
                 gen_last = rollout.step([action] * fc)[-1]
             # held against a wall, Pong's paddle is partly hidden under it: locate its visible part
             ends[key] = find_paddles(np.stack([real_last, gen_last]), name, style, min_fraction=1 / 8)[:, axis]
-        rollout = sampler.start(world, prompt, noise_seed + 1, context)  # the floor: the same key, other noise
+        rollout = sampler.start(world, prompt, noise_seed + 1, context, context_actions)  # the floor: the same key, other noise
         for _ in range(chunks):
             blind_last = rollout.step([first] * fc)[-1]
         blind = float(find_paddles(blind_last[None], name, style, min_fraction=1 / 8)[0, axis] - ends["first"][1])

@@ -392,17 +392,22 @@ class World:
     def init_state(self, batch_size: int = 1, prompts: Sequence[str] | str | None = None,
                    seeds: Sequence[int | None] | int | None = None,
                    contexts: Sequence[np.ndarray | None] | None = None,
-                   sampler: Sampler | None = None) -> tuple[np.ndarray, WorldState]:
+                   sampler: Sampler | None = None,
+                   context_actions: Sequence[Sequence[Any] | None] | None = None) -> tuple[np.ndarray, WorldState]:
         """Start `batch_size` sessions. Returns their first frames (B, chunk, H, W, 3) and the state.
 
         A session with context frames (uint8 (N, H, W, 3), N >= chunk) continues from them and its first
         frames are the last chunk of the context; one without generates a first chunk under the no-op action.
+        `context_actions` (per session, one action per context frame, the action that produced it, as
+        recordings store them) are committed with the context as a trained world saw its history; without
+        them the context is committed under "no action".
         `sampler` generates their chunks (default: the world's few-step sampler); a guided one (e.g.
         `EulerSampler.from_schedule(world.spec.schedule, 48, 6.0)`, the teachers') keeps an unconditional cache.
         """
         contexts = _per_item(contexts, batch_size, None, "contexts")
+        context_actions = _per_session(context_actions, batch_size, "context_actions")
         state = self.empty_state(batch_size, prompts, seeds, sampler)
-        return self._start_episodes(state, list(range(batch_size)), contexts), state
+        return self._start_episodes(state, list(range(batch_size)), contexts, context_actions), state
 
     @torch.inference_mode()
     def empty_state(self, batch_size: int = 1, prompts: Sequence[str] | str | None = None,
@@ -428,7 +433,8 @@ class World:
     @torch.inference_mode()
     def reset_sessions(self, state: WorldState, indices: Sequence[int], prompts: Sequence[str] | str | None = None,
                        seeds: Sequence[int | None] | int | None = None,
-                       contexts: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
+                       contexts: Sequence[np.ndarray | None] | None = None,
+                       context_actions: Sequence[Sequence[Any] | None] | None = None) -> np.ndarray:
         """Start new episodes in the slots `indices` of a batch, in place: each slot's history is cleared
         (`KVCache.clear`) and refilled as `init_state` would start it; no other session's buffers are
         copied or touched, and the batch keeps its size. Slots that generate their first chunk and lie next
@@ -440,6 +446,7 @@ class World:
         prompts = _per_item(prompts, len(indices), self.spec.default_prompt, "prompts")
         seeds = _per_item(seeds, len(indices), None, "seeds")
         contexts = _per_item(contexts, len(indices), None, "contexts")
+        context_actions = _per_session(context_actions, len(indices), "context_actions")
         no_rewards = state.rewards is None or self.reward_model is None
         empty_rewards = None if no_rewards else self.reward_model.empty_state(1, self.device)
         for b, prompt, seed in zip(indices, prompts, seeds):
@@ -452,17 +459,20 @@ class World:
             if empty_rewards is not None:
                 state.rewards.put(b, empty_rewards)
         self.prompt_state(state, prompts, indices)
-        return self._start_episodes(state, indices, contexts)
+        return self._start_episodes(state, indices, contexts, context_actions)
 
-    def _start_episodes(self, state: WorldState, indices: list[int], contexts: list[np.ndarray | None]) -> np.ndarray:
+    def _start_episodes(self, state: WorldState, indices: list[int], contexts: list[np.ndarray | None],
+                        context_actions: list[Sequence[Any] | None]) -> np.ndarray:
         """First frames of the new episodes in slots `indices` (empty histories, prompts and seeds set): a
         slot with context frames commits them, the others generate a chunk under the no-op action, one
         forward per run of neighbouring slots."""
         frames: dict[int, np.ndarray] = {}
-        for b, context in zip(indices, contexts):
+        for b, context, actions in zip(indices, contexts, context_actions):
+            if actions is not None and context is None:
+                raise ValueError(f"slot {b}: context_actions need context frames")
             if context is not None:
                 part = state.item(b)
-                frames[b] = self._commit_context(part, context)
+                frames[b] = self._commit_context(part, context, actions)
                 state.absorb(b, part)
         noop = self.spec.action.noop_action()
         for start, stop in contiguous_runs([b for b, context in zip(indices, contexts) if context is None]):
@@ -608,17 +618,19 @@ class World:
         cfg = self.model.config
         return None if not cfg.action_dim else torch.zeros(batch_size, cfg.frames_per_chunk, cfg.action_dim + 1, device=self.device)
 
-    def commit_history(self, latents: torch.Tensor, cache: KVCache) -> None:
-        """Append clean latents (B, C, F, h, w) to `cache` chunk by chunk, without action (F a multiple of
-        the chunk)."""
+    def commit_history(self, latents: torch.Tensor, cache: KVCache, features: torch.Tensor | None = None) -> None:
+        """Append clean latents (B, C, F, h, w) to `cache` chunk by chunk (F a multiple of the chunk), under
+        their action features (B, F, action_dim + 1), or without action (None)."""
         cfg = self.model.config
         null = self.no_action_features(latents.shape[0])
         for start in range(0, latents.shape[2], cfg.frames_per_chunk):
             x = latents[:, :, start : start + cfg.frames_per_chunk]
-            self.model.commit_chunk(x, torch.zeros(x.shape[0], cfg.frames_per_chunk, device=self.device), null, cache)
+            chunk = null if features is None or null is None else features[:, start : start + cfg.frames_per_chunk]
+            self.model.commit_chunk(x, torch.zeros(x.shape[0], cfg.frames_per_chunk, device=self.device), chunk, cache)
 
-    def _commit_context(self, state: WorldState, context: np.ndarray) -> np.ndarray:
-        """Encode real frames and commit them as clean history (no action). Returns the last chunk of them."""
+    def _commit_context(self, state: WorldState, context: np.ndarray, actions: Sequence[Any] | None = None) -> np.ndarray:
+        """Encode real frames and commit them as clean history, under their actions (one per frame) or
+        none. Returns the last chunk of them."""
         context = np.asarray(context)
         expected = (self.spec.height, self.spec.width, 3)
         if context.dtype != np.uint8 or context.ndim != 4 or context.shape[1:] != expected:
@@ -627,14 +639,26 @@ class World:
         usable = (len(context) // chunk) * chunk
         if usable == 0:
             raise ValueError(f"context needs at least {chunk} frames (one chunk), got {len(context)}")
+        features = None
+        if actions is not None:
+            actions = list(actions)
+            if len(actions) != len(context):
+                raise ValueError(f"context_actions must hold one action per context frame ({len(context)}), got {len(actions)}")
+            if self.autoencoder.config.temporal_stride != 1:
+                raise ValueError("context_actions need one latent frame per frame; this world's video codec "
+                                 f"packs {self.autoencoder.config.temporal_stride} frames into each")
+            kept = actions[len(actions) - usable :]
+            fc = self.model.config.frames_per_chunk
+            features = self.frame_action_features([kept[i : i + fc] for i in range(0, usable, fc)])
+            features = None if features is None else features.reshape(1, usable, -1)
         context = context[len(context) - usable :]  # keep the most recent whole chunks
         latents = self.codec.encode_video(torch.from_numpy(context).to(self.device))  # (1, C, F, h, w)
         if state.decoders[0] is not None:  # a causal decoder continues from the context's last frames
             self.codec.decode_chunk(latents, state.decoders)
-        self.commit_history(latents, state.cache)
-        if state.uncond is not None:  # the unconditional branch sees the same history
+        self.commit_history(latents, state.cache, features)
+        if state.uncond is not None:  # the unconditional branch sees the same frames, without actions
             self.commit_history(latents, state.uncond)
-        self._predict_rewards(state, latents, None)  # the reward memory sees the context, without actions
+        self._predict_rewards(state, latents, features)  # the reward memory sees the context too
         return context[-chunk:].copy()
 
 
@@ -651,6 +675,16 @@ def contiguous_runs(slots: Sequence[int]) -> list[tuple[int, int]]:
         else:
             runs.append([b, b + 1])
     return [(start, stop) for start, stop in runs]
+
+
+def _per_session(values, n: int, what: str) -> list:
+    """None or a sequence of n per-session sequences (each None or a sequence) -> a list of n."""
+    if values is None:
+        return [None] * n
+    values = list(values)
+    if len(values) != n:
+        raise ValueError(f"expected {what} for {n} sessions, got {len(values)}")
+    return values
 
 
 def _per_item(values, n: int, default, what: str) -> list:
