@@ -182,3 +182,49 @@ def test_the_shipped_world_steps_on_the_rolled_window(monkeypatch):
         for store, which in ((cache.keys, 0), (cache.values, 1)):
             want = torch.cat([f[which][layer] for f in latest], dim=1)
             assert torch.equal(store[layer][:, cache.sink_frames * t : held * t], want)
+
+
+# -- attention over the window in place ---------------------------------------------------------------
+
+
+def test_a_pass_attends_over_the_buffer_in_place_and_leaves_the_window_as_it_was():
+    """Without gradients a chunk's K/V go into the buffer's free slots and attention reads a view of it (no
+    copy of the history); with gradients into a copy of the window, which gives the same v bit for bit and
+    keeps the buffer out of the autograd graph. Neither moves the lengths or touches the window."""
+    model = rolling_model(2, 1, layers=2)
+    cfg = model.config
+    g = torch.Generator().manual_seed(3)
+    latents = lambda b=2: torch.randn(b, cfg.latent_channels, 2, cfg.latent_height, cfg.latent_width, generator=g)  # noqa: E731
+    actions = torch.randn(2, 2, cfg.action_dim + 1, generator=g)
+    cache = KVCache.empty(cfg, 2, sink_frames=1)
+    with torch.no_grad():
+        for i in range(2):
+            model.set_prompt(cache, i, torch.randn(1, cfg.text_len, cfg.text_dim, generator=g))
+        for _ in range(5):  # the window rolls
+            model.commit_chunk(latents(), torch.zeros(2, 2), actions, cache)
+        cache.clear(1)
+        model.commit_chunk(latents(), torch.zeros(2, 2), actions, cache)  # items of different lengths
+    assert cache.lengths == [cache.capacity_frames, 2]
+    t = cache.tokens_per_frame
+    window = [k[b, : n * t].clone() for k in cache.keys + cache.values for b, n in enumerate(cache.lengths)]
+    x, times = latents(), torch.rand(2, 2, generator=g) * 1000
+    extended = []
+    extend = cache.extend
+    cache.extend = lambda layer, k, v: extended.append(extend(layer, k, v)) or extended[-1]
+    with torch.no_grad():
+        in_place = model.denoise_chunk(x, times, actions, cache)
+    assert [k.data_ptr() for k, _ in extended] == [k.data_ptr() for k in cache.keys]  # views of the buffers
+    extended.clear()
+    copied = model.denoise_chunk(x, times, actions, cache)  # gradients on: a copy of the window
+    assert all(k.data_ptr() != buffer.data_ptr() for (k, _), buffer in zip(extended, cache.keys))
+    assert torch.equal(in_place, copied) and in_place.abs().mean() > 0.1
+    assert cache.lengths == [cache.capacity_frames, 2]
+    after = [k[b, : n * t] for k in cache.keys + cache.values for b, n in enumerate(cache.lengths)]
+    assert all(torch.equal(a, b) for a, b in zip(window, after))
+    x.requires_grad_(True)
+    loss = model.denoise_chunk(x, times, actions, cache).square().mean()
+    with torch.no_grad():  # the buffer is written again before the backward pass: no autograd error
+        model.commit_chunk(x, torch.zeros(2, 2), actions, cache)
+    loss.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    del cache.extend

@@ -7,6 +7,11 @@ episode of any length runs in constant memory.
 
 Every batch item has its own committed length (items may have been reset at different times);
 attention reads the union of slots and masks each item's empty ones.
+
+The buffers hold the window plus one chunk (`latent_frames_max` frames in all): a chunk being generated
+writes its K/V into the slots right after each item's window (`extend`) and attends over a view of the
+buffer, so no pass copies the history; a pass that does not commit leaves the lengths, hence the window,
+as they were. A commit then only moves the lengths on (and evicts once the window is full).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from worldsdk.config import ModelConfig
 class KVCache:
     """Per-layer self-attention K/V of committed clean frames, and per-layer text K/V.
 
-    keys[l], values[l]: (B, capacity_frames * tokens_per_frame, heads, head_dim), pre-RoPE.
+    keys[l], values[l]: (B, (capacity_frames + frames_per_chunk) * tokens_per_frame, heads, head_dim),
+    pre-RoPE: the window, then room for the chunk being generated.
     lengths: committed frames held per item (<= capacity_frames).
     total: frames committed per item since its reset (including evicted ones).
     text_keys[l], text_values[l]: (B, text_len, heads, head_dim).
@@ -45,11 +51,12 @@ class KVCache:
 
     @staticmethod
     def empty(config: ModelConfig, batch_size: int, sink_frames: int = 1, device=None, dtype=torch.float32) -> "KVCache":
-        """A preallocated cache whose window holds latent_frames_max - frames_per_chunk frames."""
+        """A preallocated cache whose window holds latent_frames_max - frames_per_chunk frames, with room
+        after it for one chunk."""
         capacity = config.latent_frames_max - config.frames_per_chunk
         if not 0 <= sink_frames < capacity:
             raise ValueError(f"sink_frames must be in [0, {capacity}), got {sink_frames}")
-        shape = (batch_size, capacity * config.tokens_per_frame, config.num_heads, config.head_dim)
+        shape = (batch_size, config.latent_frames_max * config.tokens_per_frame, config.num_heads, config.head_dim)
         text_shape = (batch_size, config.text_len, config.num_heads, config.head_dim)
         n = config.num_layers
         k = config.context_frames
@@ -77,47 +84,83 @@ class KVCache:
         return len(self.keys)
 
     # -- reading -------------------------------------------------------------------------------------
-    def history(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Committed K/V of `layer`, up to the longest item: (B, max_len * T, H, D) each."""
-        n = max(self.lengths) * self.tokens_per_frame
-        return self.keys[layer][:, :n], self.values[layer][:, :n]
-
     def positions(self, chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frame positions of the chunk's queries (B, C) and of history + chunk keys (B, max_len + C)."""
+        """Frame positions of the chunk's queries (B, C) and of the keys `extend` returns (B, max_len + C):
+        the slot indices, since every item's chunk sits right after its window."""
         device = self.keys[0].device
         lengths = torch.tensor(self.lengths, device=device)
         query = lengths[:, None] + torch.arange(chunk_frames, device=device)[None, :]
-        history = torch.arange(max(self.lengths), device=device)[None, :].expand(self.batch_size, -1)
-        return query, torch.cat([history, query], dim=1)
+        keys = torch.arange(max(self.lengths) + chunk_frames, device=device)[None, :].expand(self.batch_size, -1)
+        return query, keys
 
     def key_mask(self, chunk_frames: int) -> torch.Tensor | None:
-        """(B, 1, 1, keys) bool mask of valid keys, or None when every item has the same length."""
+        """(B, 1, 1, keys) bool mask of the keys `extend` returns that an item's chunk sees (its window and
+        itself), or None when every item has the same length."""
         if len(set(self.lengths)) == 1:
             return None
         device = self.keys[0].device
-        max_len = max(self.lengths)
-        slot = torch.arange(max_len, device=device)
-        valid = slot[None, :] < torch.tensor(self.lengths, device=device)[:, None]  # (B, max_len)
-        valid = torch.cat([valid, torch.ones(self.batch_size, chunk_frames, dtype=torch.bool, device=device)], 1)
+        slot = torch.arange(max(self.lengths) + chunk_frames, device=device)
+        valid = slot[None, :] < torch.tensor(self.lengths, device=device)[:, None] + chunk_frames  # (B, max_len + C)
         return valid.repeat_interleave(self.tokens_per_frame, dim=1)[:, None, None, :]
 
+    @torch.compiler.disable  # called inside compiled blocks: tracing its bookkeeping would recompile at every length
+    def extend(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a chunk's keys and values (B, C * T, H, D) attend over in `layer`: each item's window with the
+        chunk written right after it, (B, (max_len + C) * T, H, D) each (slots past an item's chunk are
+        masked by `key_mask`). The lengths do not change: only `commit` moves them on.
+
+        The chunk is written into the buffer's free slots and a view of the buffer returned, so the window
+        is not copied. Into a copy of the window instead where the buffer must not take it: when gradients
+        flow through the chunk's K/V (they would pull the buffer into the autograd graph, and the next
+        write into it would break the backward pass), for an inference-mode buffer used outside inference
+        mode, and for a chunk longer than the free slots."""
+        t = self.tokens_per_frame
+        n = max(self.lengths) * t + keys.shape[1]
+        buffer_k, buffer_v = self.keys[layer], self.values[layer]
+        in_place = (n <= buffer_k.shape[1] and not torch.is_grad_enabled()
+                    and (torch.is_inference_mode_enabled() or not buffer_k.is_inference()))
+        if in_place:
+            window_k, window_v = buffer_k[:, :n], buffer_v[:, :n]
+        else:
+            room = lambda x: x.detach().new_zeros(x.shape)  # noqa: E731
+            window_k = torch.cat([buffer_k[:, : n - keys.shape[1]], room(keys)], dim=1)
+            window_v = torch.cat([buffer_v[:, : n - values.shape[1]], room(values)], dim=1)
+        self._put_chunk(window_k, window_v, keys, values)
+        return window_k, window_v
+
     # -- writing -------------------------------------------------------------------------------------
+    def _put_chunk(self, window_k: torch.Tensor, window_v: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Write a chunk's K/V (B, C * T, H, D) into the slots right after each item's window."""
+        t, c = self.tokens_per_frame, keys.shape[1]
+        if len(set(self.lengths)) == 1:
+            start = self.lengths[0] * t
+            window_k[:, start : start + c] = keys
+            window_v[:, start : start + c] = values
+            return
+        for b, n in enumerate(self.lengths):
+            window_k[b, n * t : n * t + c] = keys[b]
+            window_v[b, n * t : n * t + c] = values[b]
+
     def commit(self, new_keys: list[torch.Tensor], new_values: list[torch.Tensor]) -> None:
-        """Append a chunk's clean K/V (per layer (B, C * T, H, D)), evicting old non-sink frames if full."""
+        """Append a chunk's clean K/V (per layer (B, C * T, H, D)), evicting old non-sink frames if full.
+
+        The chunk goes into the slots after the window (where the pass that computed it already wrote
+        it, unless it ran on a copy), then the oldest non-sink frames beyond the window are evicted."""
         chunk_frames = new_keys[0].shape[1] // self.tokens_per_frame
         if chunk_frames > self.capacity_frames - self.sink_frames:
             raise ValueError(f"a chunk of {chunk_frames} frames does not fit a window of {self.capacity_frames}")
-        t = self.tokens_per_frame
+        t, slots = self.tokens_per_frame, self.keys[0].shape[1] // self.tokens_per_frame
         for b in range(self.batch_size):
-            overflow = self.lengths[b] + chunk_frames - self.capacity_frames
-            if overflow > 0:
-                self._evict(b, overflow)
+            if self.lengths[b] + chunk_frames > slots:  # a chunk longer than the free slots: make room first
+                self._evict(b, self.lengths[b] + chunk_frames - self.capacity_frames)
             start = self.lengths[b] * t
             for layer in range(self.num_layers):
                 self.keys[layer][b, start : start + chunk_frames * t] = new_keys[layer][b]
                 self.values[layer][b, start : start + chunk_frames * t] = new_values[layer][b]
             self.lengths[b] += chunk_frames
             self.total[b] += chunk_frames
+            if self.lengths[b] > self.capacity_frames:
+                self._evict(b, self.lengths[b] - self.capacity_frames)
 
     def push_recent(self, latents: torch.Tensor) -> None:
         """Remember a committed chunk's clean latents (B, C, F, h, w) as the newest context frames."""

@@ -14,6 +14,8 @@ Parameter names follow Wan2.1's DiT so that its checkpoints map one-to-one.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn as nn
 
@@ -121,10 +123,11 @@ class Attention(nn.Module):
 
 class SelfAttention(Attention):
     def forward(self, x, rope_q, rope_k, mask, past=None):
-        """Returns (output (B, L, dim), k, v of x pre-RoPE (B, L, H, D)). `past` = cached (k, v)."""
+        """Returns (output (B, L, dim), k, v of x pre-RoPE (B, L, H, D)). `past(k, v)`, when streaming, gives
+        the keys and values to attend over: the cached window with x's own (`KVCache.extend`)."""
         q = self.query(x)
         k, v = self.key_value(x)
-        k_all, v_all = (k, v) if past is None else (torch.cat([past[0], k], 1), torch.cat([past[1], v], 1))
+        k_all, v_all = (k, v) if past is None else past(k, v)
         out = self.attend(apply_rope(q, rope_q), apply_rope(k_all, rope_k), v_all, mask)
         return self.o(out), k, v
 
@@ -385,14 +388,15 @@ class CausalDiT(nn.Module):
         new_k, new_v = [], []
         for layer, block in enumerate(self.blocks):
             text_kv = (cache.text_keys[layer], cache.text_values[layer])
-            h, k, v = block(h, e0, rope_q, rope_k, mask, text_kv, cache.history(layer))
+            h, k, v = block(h, e0, rope_q, rope_k, mask, text_kv, partial(cache.extend, layer))
             new_k.append(k)
             new_v.append(v)
         out = self._output(h, e, x, t, context) if with_head else None
         return out, new_k, new_v
 
     def denoise_chunk(self, x, t, actions, cache: KVCache) -> torch.Tensor:
-        """v for one chunk (B, C, Fc, H, W) attending to the cached clean history and itself. Read-only."""
+        """v for one chunk (B, C, Fc, H, W) attending to the cached clean history and itself. Leaves the
+        cache's lengths, hence its window, as they were (it writes only the free slots after it)."""
         return self._stream(x, t, actions, cache, with_head=True)[0]
 
     def commit_chunk(self, x, t, actions, cache: KVCache) -> None:
