@@ -13,7 +13,8 @@ from worldsdk import _layout
 
 _layout.install()  # a source checkout: worldsdk.envs / worldsdk.trainers are the top-level envs / trainers
 
-from worldsdk.config import ActionSpec, ModelConfig, WorldSpec
+from worldsdk.config import ModelConfig
+from worldsdk.spec import ActionSpec, WorldSpec
 from worldsdk.reward import RewardConfig, RewardModel
 from worldsdk.world import World, WorldState, shipped_worlds
 

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from worldsdk.config import PAPER_SHIFT, PAPER_STEPS
+from worldsdk.spec import PAPER_SHIFT, PAPER_STEPS
 
 NUM_TRAIN_TIMESTEPS = 1000
 

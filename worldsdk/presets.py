@@ -1,7 +1,7 @@
 """The preset table: one row per named preset, with everything a world of that name is built from.
 
     PRESETS["small"].model         the DiT's shapes       (worldsdk.config.MODEL_PRESETS)
-    PRESETS["small"].spec          the world's spec       (worldsdk.config.WORLD_PRESETS)
+    PRESETS["small"].spec          the world's spec       (worldsdk.spec.WORLD_PRESETS)
     PRESETS["small"].autoencoder   the frame autoencoder  (worldsdk.autoencoder.AUTOENCODER_PRESETS; None: Wan VAE)
     PRESETS["small"].text          the byte text encoder  (`text_config`, derived from the model's text shape)
 
@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from worldsdk.autoencoder import AUTOENCODER_PRESETS, AutoencoderConfig
-from worldsdk.config import MODEL_PRESETS, WORLD_PRESETS, ModelConfig, WorldSpec
+from worldsdk.config import MODEL_PRESETS, ModelConfig
+from worldsdk.spec import WORLD_PRESETS, WorldSpec
 from worldsdk.model.text import ByteTextConfig
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from worldsdk.config import dataclass_from_dict
+from worldsdk.spec import dataclass_from_dict
 
 
 @dataclass(frozen=True)

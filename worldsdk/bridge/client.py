@@ -29,7 +29,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from worldsdk.config import WorldSpec
+from worldsdk.spec import WorldSpec
 
 from . import protocol as P
 from .shm import RingReader

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worldsdk.config import ActionSpec, WorldSpec
+from worldsdk.spec import ActionSpec, WorldSpec
 from worldsdk.world import StepResult
 
 

@@ -28,7 +28,7 @@ from typing import AbstractSet, Any, Mapping
 
 import numpy as np
 
-from worldsdk.config import ActionSpec, WorldSpec
+from worldsdk.spec import ActionSpec, WorldSpec
 
 IDLE = "none"  # key-map name of the action taken when nothing is held
 MAX_TABLE_KEYS = 10  # keys_to_action lists every chord of up to this many keys, else chords of <= 3 keys

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from worldsdk.config import ActionSpec, WorldSpec
+from worldsdk.spec import ActionSpec, WorldSpec
 
 log = logging.getLogger(__name__)
 

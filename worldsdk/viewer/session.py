@@ -13,7 +13,7 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 
-from worldsdk.config import WorldSpec
+from worldsdk.spec import WORLD_PRESETS, WorldSpec
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +105,13 @@ def open_session(world: str | None = None, connect: str | None = None, seed: int
         from worldsdk.bridge import Client
 
         return RemoteSession(Client(connect), connect)
-    from worldsdk.config import MODEL_PRESETS
     from worldsdk.world import World
 
     if not world:
         from worldsdk.world import default_world  # one definition of "the default world" for every command
 
         world = default_world()
-    if world in MODEL_PRESETS:  # random weights: the seed decides them, so a recording stores it
+    if world in WORLD_PRESETS:  # a preset has random weights: the seed decides them, so a recording stores it
         log.warning("world %r is a preset with random, untrained weights", world)
         return LocalSession(World.from_preset(world, seed=seed), {"world": world, "weights_seed": seed})
     return LocalSession(World.load(world), {"world": world})

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from worldsdk.config import WORLD_PRESETS, WorldSpec
+from worldsdk.spec import WORLD_PRESETS, WorldSpec
 
 
 class FakeSession:
