@@ -54,6 +54,8 @@ LEVERS = {
                          {"motion_weight": 8.0, "foreground_weight": 0.0}),
     "ctx-skip-draw3": ("`small-ctx`, training sigmas drawn on the shift-3 grid (more at high noise)", CTX,
                        {"draw_shift": 3.0}),
+    "ctx-skip-amap": ("`small-ctx` + each token place's own response to the action (ModelConfig.action_map)",
+                      replace(CTX, action_map=True), {"grow": {"action_map": True}}),
     "ctx-skip-motion8-draw3": ("`small-ctx`, both: motion-weighted loss and more draws at high noise", CTX,
                                {"motion_weight": 8.0, "foreground_weight": 0.0, "draw_shift": 3.0}),
 }
@@ -69,9 +71,10 @@ def lever_run(name: str, args) -> Path:
     if world.is_file():
         return world
     optimizer = {"lr": 1e-3, "warmup_steps": 100, "decay": "constant", **stage_overrides.get("optimizer", {})}
+    # from an initial world, a lever that changes the model grows it (stage.grow); from scratch, its config says it
+    skip = {"optimizer"} | (set() if args.init else {"grow"})
     stage = {"name": "teacher", "latents": args.latents, "autoencoder": args.autoencoder, "ema_decay": 0.0,
-             "init": args.init,
-             **{k: v for k, v in stage_overrides.items() if k != "optimizer"}, "optimizer": optimizer}
+             "init": args.init, **{k: v for k, v in stage_overrides.items() if k not in skip}, "optimizer": optimizer}
     loop = {"max_steps": args.steps, "batch_size": 8, "precision": "bf16", "threads": args.threads, "device": "cpu",
             "checkpoint_every": 100, "log_every": 20, "progress": False, "tensorboard": False, "seed": 0}
     result = run({"run_dir": str(run_dir), "loop": loop, "model": {"name": preset, "preset": preset}, "stage": stage})

@@ -44,11 +44,13 @@ def stream(model, x, t, text, actions, commit_x=None, commit_t=None):
     return torch.cat(outs, dim=2)
 
 
-@pytest.mark.parametrize("chunk,frames,context,skip", [(1, 6, 0, 0), (2, 8, 0, 0), (3, 9, 0, 0), (4, 8, 0, 0), (1, 6, 2, 0),
-                                                       (2, 8, 2, 0.3), (3, 9, 1, 0.5)])
+@pytest.mark.parametrize("chunk,frames,context,skip,action_map", [
+    (1, 6, 0, 0, False), (2, 8, 0, 0, False), (3, 9, 0, 0, False), (4, 8, 0, 0, False), (1, 6, 2, 0, False),
+    (2, 8, 2, 0.3, False), (3, 9, 1, 0.5, False), (2, 8, 0, 0, True), (2, 8, 2, 0.3, True)])
 @torch.no_grad()
-def test_streaming_equals_block_causal_forward(chunk, frames, context, skip):
-    model = make(chunk, frames + chunk, context_frames=context, context_skip=skip)  # the window holds all `frames` of history
+def test_streaming_equals_block_causal_forward(chunk, frames, context, skip, action_map):
+    # the window holds all `frames` of history
+    model = make(chunk, frames + chunk, context_frames=context, context_skip=skip, action_map=action_map)
     x, t, text, actions = inputs(model, frames=frames)
     full = model.forward_causal(x, t, text, actions)
     streamed = stream(model, x, t, text, actions)
@@ -56,10 +58,12 @@ def test_streaming_equals_block_causal_forward(chunk, frames, context, skip):
     assert (full - streamed).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("chunk,frames,context,skip", [(1, 5, 0, 0), (2, 8, 0, 0), (3, 9, 0, 0), (2, 8, 2, 0.3), (1, 5, 3, 0)])
+@pytest.mark.parametrize("chunk,frames,context,skip,action_map", [
+    (1, 5, 0, 0, False), (2, 8, 0, 0, False), (3, 9, 0, 0, False), (2, 8, 2, 0.3, False), (1, 5, 3, 0, False),
+    (2, 8, 2, 0.3, True)])
 @torch.no_grad()
-def test_streaming_with_clean_commits_equals_teacher_forcing(chunk, frames, context, skip):
-    model = make(chunk, frames + chunk, context_frames=context, context_skip=skip)
+def test_streaming_with_clean_commits_equals_teacher_forcing(chunk, frames, context, skip, action_map):
+    model = make(chunk, frames + chunk, context_frames=context, context_skip=skip, action_map=action_map)
     noisy, t, text, actions = inputs(model, frames=frames)
     clean = inputs(model, frames=frames, seed=7)[0]
     tf = model.forward_teacher_forcing(clean, noisy, t, text, actions)
@@ -257,3 +261,22 @@ def test_wan_preset_has_the_paper_shapes():
     with torch.device("meta"):
         model = CausalDiT(cfg)
     assert 1.40e9 < model.num_parameters() < 1.44e9  # Wan2.1-T2V-1.3B has 1.419e9 parameters
+
+
+@torch.no_grad()
+def test_action_map_gives_each_place_its_own_response_to_the_action():
+    model = make(2, 8, action_map=True)
+    x, t, text, actions = inputs(model, frames=4)
+    model.action_embedding[-1].weight.zero_()  # no adaLN path for the action: only the map carries it
+    model.action_embedding[-1].bias.zero_()
+    other = actions.clone()
+    other[:, -1] += 1.0  # the last frame's action changes
+    v, w = model.forward_causal(x, t, text, actions), model.forward_causal(x, t, text, other)
+    assert (v[:, :, :2] - w[:, :, :2]).abs().max() == 0  # the earlier chunk cannot see it (causal)
+    assert (v[:, :, 3] - w[:, :, 3]).abs().mean() > 1e-3  # the frame itself does
+    model.action_map.zero_()  # and without the map nothing carries it
+    assert torch.equal(model.forward_causal(x, t, text, actions), model.forward_causal(x, t, text, other))
+    fresh = CausalDiT(replace(model.config)).eval()
+    assert fresh.action_map is not None and not fresh.action_map.any()  # a new map starts as a no-op
+    with pytest.raises(ValueError, match="action_map needs an action-conditioned model"):
+        replace(model.config, action_dim=0)

@@ -247,3 +247,30 @@ def test_decoder_only_finetune_keeps_the_latents_and_changes_the_frames(chain):
     with pytest.raises(ValueError, match="stage.init"):  # nothing to keep the encoder of
         run({"run_dir": str(root / "no-init"), "loop": loop(1), "model": TINY,
              "stage": {**stage, "init": ""}})
+
+
+def test_a_teacher_grows_a_new_pathway_on_its_initial_world(chain):
+    from trainers.stages.worlds import grown_model
+
+    root, ae, latents = chain
+    base = train(root / "grow-base", {"name": "teacher", "mode": "teacher_forcing", "latents": latents, "autoencoder": ae})
+    model = World.load(base).model
+    grown = grown_model(model, {"action_map": True})
+    assert grown.config.action_map and not grown.action_map.any()
+    cfg = model.config
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, cfg.latent_channels, 4, cfg.latent_height, cfg.latent_width, generator=g)
+    t, text = torch.rand(2, 4, generator=g) * 1000, torch.randn(2, cfg.text_len, cfg.text_dim, generator=g)
+    actions = torch.randn(2, 4, cfg.action_dim + 1, generator=g)
+    with torch.no_grad():  # a zero map: the grown model computes what the initial one did
+        assert torch.equal(grown.forward_causal(x, t, text, actions), model.forward_causal(x, t, text, actions))
+    tuned = train(root / "grow-tuned", {"name": "teacher", "mode": "teacher_forcing", "latents": latents,
+                                        "init": str(base), "grow": {"action_map": True}, "ema_decay": 0.0}, steps=2)
+    world = World.load(tuned)
+    assert world.model.config.action_map and world.model.action_map.abs().sum() > 0  # it trained
+    with pytest.raises(ValueError, match="has no place in the grown model"):
+        grown_model(model, {"dim": 2 * cfg.dim, "ffn_dim": 2 * cfg.ffn_dim})
+    with pytest.raises(ValueError, match="unknown model field"):
+        grown_model(model, {"no_such_field": 1})
+    with pytest.raises(ValueError, match="without an initial world"):
+        train(root / "grow-no-init", {"name": "teacher", "latents": latents, "autoencoder": ae, "grow": {"action_map": True}})

@@ -41,6 +41,9 @@ class TeacherStageConfig:
     latents: str = ""  # latent cache of the recordings
     autoencoder: str = ""  # the autoencoder that made the cache (it ships inside the world file)
     init: str = ""  # optional world file to start from (fine-tuning)
+    # ModelConfig fields to change on top of `init`'s model, e.g. {action_map: true}: the model is rebuilt
+    # with them and gets every weight of the initial world; new pathways start at zero (worlds.grown_model)
+    grow: dict = field(default_factory=dict)
     clip_frames: int = 0  # latent frames per clip; 0 = the model's trained length
     p_drop_text: float = 0.1
     p_drop_action: float = 0.1
@@ -78,9 +81,13 @@ class TeacherStage(Stage):
         if config.init:
             world = worlds.load_world(config.init, "an initial world")
             self.model, self.text_encoder, self.autoencoder, self.spec = world.model, world.text_encoder, world.autoencoder, world.spec
+            if config.grow:
+                self.model = worlds.grown_model(self.model, config.grow)
             clip = config.clip_frames or self.model.config.latent_frames_max
             self.data = worlds.open_latent_clips(config.latents, clip)
         else:
+            if config.grow:
+                raise ValueError("stage.grow changes the model of stage.init; without an initial world choose a model preset")
             preset_frames = MODEL_PRESETS[model.preset].latent_frames_max
             self.data = worlds.open_latent_clips(config.latents, config.clip_frames or preset_frames)
             self.spec = worlds.spec_for_dataset(self.data, model.preset)

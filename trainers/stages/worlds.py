@@ -102,6 +102,26 @@ def foreground_weight(x0: torch.Tensor, weight: float, threshold: float = 1.0) -
     return 1.0 + weight * mask
 
 
+def grown_model(model: CausalDiT, changes: Mapping[str, Any]) -> CausalDiT:
+    """`model` rebuilt with some ModelConfig fields changed (e.g. {"action_map": True}), holding every
+    weight of `model`; the new parameters keep their initialisation (zero for the optional pathways,
+    so the grown model computes what `model` did). Only additive changes: a weight that no longer fits
+    is an error."""
+    fields = set(ModelConfig.__dataclass_fields__)
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise ValueError(f"stage.grow: unknown model field(s) {unknown}; ModelConfig has {sorted(fields)}")
+    grown = CausalDiT(replace(model.config, **changes)).to(next(model.parameters()).device)
+    own = grown.state_dict()
+    for name, value in model.state_dict().items():
+        if name not in own or own[name].shape != value.shape:
+            raise ValueError(f"stage.grow {dict(changes)}: the initial model's {name} {tuple(value.shape)} has no "
+                             f"place in the grown model (only additions are possible: a new pathway, not new shapes)")
+    added = grown.load_state_dict(model.state_dict(), strict=False).missing_keys
+    log.info("grew the initial model with %s: new parameters %s", dict(changes), added)
+    return grown
+
+
 def motion_weight(x0: torch.Tensor, weight: float, threshold: float = 0.25) -> torch.Tensor | None:
     """Loss weight (B, 1, F, h, w): 1 + weight on latent pixels that changed since the previous frame.
 

@@ -202,6 +202,9 @@ class CausalDiT(nn.Module):
             self.chunk_slot = nn.Parameter(torch.zeros(config.frames_per_chunk, dim))
         else:
             self.context_embedding, self.chunk_slot = None, None
+        # each place's own response to each frame's action (ModelConfig.action_map), zero at first
+        self.action_map = (nn.Parameter(torch.zeros(config.action_dim + 1, config.tokens_per_frame, dim))
+                           if config.action_map else None)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.num_layers)])
         self.head = Head(config)
         self.rope = Rope3D(config)
@@ -272,10 +275,16 @@ class CausalDiT(nn.Module):
         """(B, C, F, H, W) -> tokens (B, F * T, dim), frame-major."""
         return self.patch_embedding(x.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
 
-    def _embed(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    def _embed(self, x: torch.Tensor, context: torch.Tensor | None, actions: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens of latents (B, C, F, H, W) whose frames start at a chunk boundary, plus their context
-        frames (B, K * (C + 1), F, H, W) when the model has them. -> (B, F * T, dim)."""
+        frames (B, K * (C + 1), F, H, W) and their actions' map (B, F, A + 1) when the model has them.
+        -> (B, F * T, dim)."""
         h = self._patchify(x)
+        if self.action_map is not None:
+            if actions is None:
+                raise ValueError("this model is action-conditioned: pass action features (B, F, action_dim + 1)")
+            place = torch.einsum("bfa,atd->bftd", actions.to(self.action_map.dtype), self.action_map)
+            h = h + place.flatten(1, 2).to(h.dtype)
         if self.context_embedding is None:
             return h
         f, fc = x.shape[2], self.config.frames_per_chunk
@@ -329,7 +338,7 @@ class CausalDiT(nn.Module):
         rope = self.rope(torch.arange(f, device=x.device).expand(b, -1))
         text_kv = self.embed_text(text)
         context = self._clip_context(x)  # causal and full attention see the input's own frames
-        h = self._embed(x, context)
+        h = self._embed(x, context, actions)
         for block, kv in zip(self.blocks, text_kv):
             h, _, _ = block(h, e0, rope, rope, mask, kv)
         return self._output(h, e, x, t, context)
@@ -363,7 +372,7 @@ class CausalDiT(nn.Module):
         mask = teacher_forcing_mask(f, cfg.frames_per_chunk, cfg.tokens_per_frame, noisy.device)
         text_kv = self.embed_text(text)
         context = self._clip_context(clean)  # both copies see the clean frames before their chunk
-        h = torch.cat([self._embed(clean, context), self._embed(noisy, context)], dim=1)  # (B, 2 F T, dim)
+        h = torch.cat([self._embed(clean, context, actions), self._embed(noisy, context, actions)], dim=1)  # (B, 2 F T, dim)
         for block, kv in zip(self.blocks, text_kv):
             h, _, _ = block(h, e0, rope, rope, mask, kv)
         half = f * cfg.tokens_per_frame
@@ -384,7 +393,7 @@ class CausalDiT(nn.Module):
             if cache.recent is None:
                 raise ValueError("this model reads context frames: make its cache with KVCache.empty(model.config, ...)")
             context = recent_context(cache.recent, cache.recent_valid, f)
-        h = self._embed(x, context)
+        h = self._embed(x, context, actions)
         new_k, new_v = [], []
         for layer, block in enumerate(self.blocks):
             text_kv = (cache.text_keys[layer], cache.text_values[layer])
