@@ -6,6 +6,7 @@
 # Every step is skipped when its output exists and resumes from its last checkpoint otherwise, so the
 # same command picks the run up after Ctrl-C, a time limit or on a new machine (where it first
 # re-records the games and retrains the autoencoder: recordings are seeded, about 40 min in all).
+# The teacher runs in two phases (below); the autoencoder's decoder is fine-tuned on the side.
 # Every 500 steps metrics.jsonl gets the learnability probe on data/pong's test episodes (eval/probe/...).
 # Probe a checkpoint on the held-out recordings while it trains:
 #   python -m trainers.snapshot runs/pong3/teacher-causal
@@ -15,7 +16,8 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 RUN=${RUN:-runs/pong3}
 AE_STEPS=${AE_STEPS:-8000}
-TEACHER_STEPS=${TEACHER_STEPS:-30000}
+TEACHER_STEPS=${TEACHER_STEPS:-5739}
+AMAP_STEPS=${AMAP_STEPS:-30000}
 MODEL=${MODEL:-small-ctx}
 export OMP_NUM_THREADS=1
 mkdir -p "$RUN"
@@ -38,7 +40,15 @@ from worldsdk.autoencoder import load_autoencoder
 from worldsdk.data.latents import build_latent_cache
 build_latent_cache('data/pong', load_autoencoder('$AE'), '$RUN/latents', progress=False)"  # encodes only what is missing
 
+# Phase 1: the `small-ctx` teacher from scratch (5,739 steps; its actions stayed ignored, docs/worlds.md).
 worldsdk-train stage=teacher model="$MODEL" stage.latents="$RUN/latents" stage.autoencoder="$AE" \
   stage.probe_data=data/pong stage.probe_clips_per_episode=8 loop.eval_every=500 \
   run_dir="$RUN/teacher-causal" loop.max_steps="$TEACHER_STEPS" loop.batch_size=8 loop.precision=bf16 loop.threads=1 \
+  loop.checkpoint_every=200 loop.keep_checkpoints=4 loop.log_every=20 loop.progress=false
+
+# Phase 2: phase 1's world grown with a per-place action map, more training draws at high noise.
+worldsdk-train stage=teacher stage.init="$RUN/teacher-causal/world.safetensors" stage.latents="$RUN/latents" \
+  +stage.grow.action_map=true stage.draw_shift=3 \
+  stage.probe_data=data/pong stage.probe_clips_per_episode=8 loop.eval_every=500 \
+  run_dir="$RUN/teacher-amap" loop.max_steps="$AMAP_STEPS" loop.batch_size=8 loop.precision=bf16 loop.threads=1 \
   loop.checkpoint_every=200 loop.keep_checkpoints=4 loop.log_every=20 loop.progress=false

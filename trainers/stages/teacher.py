@@ -41,7 +41,7 @@ class TeacherStageConfig:
     latents: str = ""  # latent cache of the recordings
     autoencoder: str = ""  # the autoencoder that made the cache (it ships inside the world file)
     init: str = ""  # optional world file to start from (fine-tuning)
-    # ModelConfig fields to change on top of `init`'s model, e.g. {action_map: true}: the model is rebuilt
+    # ModelConfig fields to change on top of `init`'s model (command line: +stage.grow.action_map=true): rebuilt
     # with them and gets every weight of the initial world; new pathways start at zero (worlds.grown_model)
     grow: dict = field(default_factory=dict)
     clip_frames: int = 0  # latent frames per clip; 0 = the model's trained length
