@@ -35,6 +35,18 @@ AE="$RUN/autoencoder/autoencoder.safetensors"
 [ -f "$AE" ] || worldsdk-train stage=autoencoder model=small data=data/pong run_dir="$RUN/autoencoder" \
   loop.max_steps="$AE_STEPS" loop.threads=1 loop.eval_every=4000 loop.checkpoint_every=500 loop.progress=false
 
+# The decoder alone, fine-tuned in rounds (the latents stay the same; docs/training.md, "Fine-tuning only
+# the decoder"); a world gets it with `worldsdk export --decoder-from "$RUN/decoder3/autoencoder.safetensors"`.
+previous="$AE"
+for round in "decoder 3000" "decoder2 8000" "decoder3 8000"; do
+  set -- $round
+  [ -f "$RUN/$1/autoencoder.safetensors" ] || worldsdk-train stage=autoencoder model=small data=data/pong \
+    run_dir="$RUN/$1" stage.init="$previous" stage.train_encoder=false stage.relative_hard_pixel_weight=1.0 \
+    stage.optimizer.lr=5e-4 stage.optimizer.warmup_steps=50 loop.max_steps="$2" loop.threads=1 \
+    loop.eval_every=4000 loop.checkpoint_every=500 loop.progress=false
+  previous="$RUN/$1/autoencoder.safetensors"
+done
+
 python -c "
 from worldsdk.autoencoder import load_autoencoder
 from worldsdk.data.latents import build_latent_cache
