@@ -104,7 +104,9 @@ class WorldEnv(gym.Env):
     (`info["start_index"]` names it; its prompt is used unless one is given). `start="prompt"` (the
     default otherwise): the world generates a first chunk under the no-op action. `reset(options=)`
     takes "start" to override the mode for one episode, "context" (uint8 frames (N, H, W, 3), which
-    wins over "start") to continue from frames of your own, and "prompt" (str).
+    wins over "start") to continue from frames of your own, "context_actions" (one action per context
+    frame, the one that produced it: the context is then committed under them, as a trained world saw
+    its history) and "prompt" (str).
 
     ## Episode End
     Terminates when the reward model predicts an episode end for a frame of the chunk (never
@@ -160,7 +162,11 @@ class WorldEnv(gym.Env):
             info["start"] = "prompt"
         prompt = self.prompt if prompt is None else prompt
         session_seed = int(self.np_random.integers(0, 2**31 - 1))
-        frames, self._state = self.world.init_state(1, [prompt], [session_seed], [context])
+        actions = options.get("context_actions")
+        if actions is not None and info["start"] != "context":
+            raise ValueError('reset option "context_actions" needs "context" frames')
+        frames, self._state = self.world.init_state(1, [prompt], [session_seed], [context],
+                                                    context_actions=None if actions is None else [list(actions)])
         self._frames = frames[0]
         if self.render_mode == "human":
             self.render()

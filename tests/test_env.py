@@ -53,6 +53,21 @@ def test_prompt_and_context_through_reset_options():
     assert reward == 0.0 and info["reward_predicted"] is False and not terminated
 
 
+def test_context_actions_through_reset_options():
+    env = make_env()
+    context = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+
+    def first_step(**options):
+        env.reset(seed=0, options={"context": context, **options})
+        return env.step(0)[0]
+
+    up, down = first_step(context_actions=[2, 2, 2, 2]), first_step(context_actions=[3, 3, 3, 3])
+    assert not np.array_equal(up, down)  # the history's actions reached the world
+    assert np.array_equal(up, first_step(context_actions=np.array([2, 2, 2, 2])))
+    with pytest.raises(ValueError, match='needs "context" frames'):
+        env.reset(seed=0, options={"context_actions": [2, 2]})
+
+
 def test_render_rgb_array_is_the_last_frame():
     env = make_env(render_mode="rgb_array")
     obs, _ = env.reset(seed=0)
