@@ -428,7 +428,7 @@ def action_test(world, env_id: str, trials: int = 8, chunks: int = 6, seed: int 
     for _ in range(trials):
         while True:  # a moment of play with enough frames before it
             frames = [env.reset(seed=int(rng.integers(2**31)))[0]]
-            played = [0] * len(frames[0])  # the action behind each frame: the reset chunk's no-op
+            played = [world.spec.action.noop_action()] * len(frames[0])  # the action behind each frame: reset's no-op
             action, ended = 0, False
             for _ in range(int(rng.integers(*warmup_chunks))):
                 if rng.random() < 0.25:
