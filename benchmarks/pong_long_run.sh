@@ -36,9 +36,9 @@ AE="$RUN/autoencoder/autoencoder.safetensors"
   loop.max_steps="$AE_STEPS" loop.threads=1 loop.eval_every=4000 loop.checkpoint_every=500 loop.progress=false
 
 # The decoder alone, fine-tuned in rounds (the latents stay the same; docs/training.md, "Fine-tuning only
-# the decoder"); a world gets it with `worldsdk export --decoder-from "$RUN/decoder5/autoencoder.safetensors"`.
+# the decoder"); a world gets it with `worldsdk export --decoder-from "$RUN/decoder6/autoencoder.safetensors"`.
 previous="$AE"
-for round in "decoder 3000" "decoder2 8000" "decoder3 8000" "decoder4 8000" "decoder5 8000"; do
+for round in "decoder 3000" "decoder2 8000" "decoder3 8000" "decoder4 8000" "decoder5 8000" "decoder6 8000"; do
   set -- $round
   [ -f "$RUN/$1/autoencoder.safetensors" ] || worldsdk-train stage=autoencoder model=small data=data/pong \
     run_dir="$RUN/$1" stage.init="$previous" stage.train_encoder=false stage.relative_hard_pixel_weight=1.0 \
