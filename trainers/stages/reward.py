@@ -132,7 +132,9 @@ class RewardStage(Stage):
         index = self.data.index
         if index.get("autoencoder", {}).get("fingerprint") != autoencoder_fingerprint(self.world.autoencoder):
             raise ValueError(f"latent cache {self.config.latents} was made by another autoencoder than the world "
-                             f"{self.config.world}'s: its latents would not match the world's")
+                             f"{self.config.world}'s: its latents would not match the world's (a cache built before "
+                             "fingerprints covered only the encoder is rebuilt by build_latent_cache with the "
+                             "world's autoencoder, to the same latents)")
         shape = (mc.latent_channels, mc.latent_height, mc.latent_width)
         if tuple(self.data.latent_shape) != shape:
             raise ValueError(f"latent cache holds {tuple(self.data.latent_shape)} latents, the world makes {shape}")
