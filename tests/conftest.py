@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 import torch
@@ -69,3 +70,31 @@ def assert_world_reacts(world, seed: int = 0) -> None:
 @pytest.fixture
 def tiny_world():
     return reactive_world()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Back to one intra-op thread for a module (an earlier test may have raised it), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the machine is shared: keep the tests at one core
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_together(n: int, play, timeout: float = 300.0) -> None:
+    """Run `play(i, barrier)` for i in range(n) in threads sharing one `threading.Barrier(n)` (so clients
+    can act at the same moment); fail with the threads' errors."""
+    barrier, errors = threading.Barrier(n), []
+
+    def run(i: int):
+        try:
+            play(i, barrier)
+        except BaseException as e:  # reported in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not errors, errors[:3]

@@ -5,11 +5,11 @@ The tiny world is perturbed (tests.conftest.reactive_world) so its frames depend
 and the batch's rounding; with its zero output head they would be constant and these tests could not fail.
 """
 
-import threading
 
 import numpy as np
 
 from tests.conftest import reactive_world as reacting_world
+from tests.conftest import run_together
 from worldsdk.bridge import Client, Server
 
 CLIENTS, STEPS = 4, 12
@@ -22,24 +22,15 @@ def actions(i: int) -> list[int]:
 def play_together(address: str, batching: list[str | None], default: str = "shared") -> list[np.ndarray]:
     """Each client resets (seed = its index, its batching mode) and plays; all step at the same time."""
     frames: list[list[np.ndarray]] = [[] for _ in batching]
-    barrier, errors = threading.Barrier(len(batching)), []
 
-    def play(i: int):
-        try:
-            with Client(address, timeout_ms=60_000) as client:
-                frames[i].append(client.reset(seed=i, batching=batching[i]).copy())
-                assert client.last_reset.batching == (batching[i] or default)
-                barrier.wait()
-                frames[i] += [client.step(a).copy() for a in actions(i)]
-        except BaseException as e:  # reported below
-            errors.append(e)
+    def play(i: int, barrier):
+        with Client(address, timeout_ms=60_000) as client:
+            frames[i].append(client.reset(seed=i, batching=batching[i]).copy())
+            assert client.last_reset.batching == (batching[i] or default)
+            barrier.wait()
+            frames[i] += [client.step(a).copy() for a in actions(i)]
 
-    threads = [threading.Thread(target=play, args=(i,)) for i in range(len(batching))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(300)
-    assert not errors, errors
+    run_together(len(batching), play)
     return [np.stack(f) for f in frames]
 
 

@@ -6,11 +6,10 @@ model world (perturbed, so its frames react to actions, prompt and history), who
 equal what it gives in-process one session at a time, within the shared-batching bound.
 """
 
-import threading
 
 import numpy as np
 
-from tests.conftest import assert_world_reacts, reactive_world
+from tests.conftest import assert_world_reacts, reactive_world, run_together
 from worldsdk.bridge import Client, Server
 from worldsdk.bridge.testing import NoiseWorld
 
@@ -22,26 +21,16 @@ def actions_of(client_index: int, steps: int) -> list[int]:
 def play_concurrently(address: str, clients: int, steps: int) -> list[list[np.ndarray]]:
     """Each client resets with seed = its index and plays its actions; all start together."""
     frames: list[list[np.ndarray]] = [[] for _ in range(clients)]
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(clients)
 
-    def play(i: int):
-        try:
-            with Client(address, timeout_ms=60_000) as client:
-                barrier.wait()
-                frames[i].append(client.reset(prompt=f"world {i % 3}", seed=i).copy())
-                for t, action in enumerate(actions_of(i, steps)):
-                    frames[i].append(client.step(action).copy())
-                    assert client.chunk == t + 1, f"client {i}: chunk {client.chunk} after {t + 1} steps"
-        except BaseException as e:  # reported in the main thread
-            errors.append(e)
+    def play(i: int, barrier):
+        with Client(address, timeout_ms=60_000) as client:
+            barrier.wait()
+            frames[i].append(client.reset(prompt=f"world {i % 3}", seed=i).copy())
+            for t, action in enumerate(actions_of(i, steps)):
+                frames[i].append(client.step(action).copy())
+                assert client.chunk == t + 1, f"client {i}: chunk {client.chunk} after {t + 1} steps"
 
-    threads = [threading.Thread(target=play, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(300)
-    assert not errors, errors[:3]
+    run_together(clients, play)
     return frames
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-import torch
 import zmq
 
 from worldsdk import World
@@ -24,12 +23,7 @@ from worldsdk.bridge.testing import NoiseWorld
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared: keep the tests at one core
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

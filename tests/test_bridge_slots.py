@@ -2,46 +2,29 @@
 place, a leave frees it, and a step goes through a view of the sessions' slots, so no KV cache is
 copied on the step path (worldsdk/bridge/server.py, SlotBatch)."""
 
-import threading
 
 import numpy as np
 import pytest
-import torch
 
-from tests.conftest import reactive_world
+from tests.conftest import reactive_world, run_together
 from worldsdk.bridge import Client, Server
 from worldsdk.bridge import protocol as P
 from worldsdk.bridge.protocol import ProtocolError
 from worldsdk.model import KVCache
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared: keep the tests at one core
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def step_together(clients: list[Client], actions: list[int]) -> list[np.ndarray]:
     """Every client steps at the same time (so the server can batch them); their chunks, in order."""
     frames: list[np.ndarray | None] = [None] * len(clients)
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(clients))
 
-    def play(i: int):
-        try:
-            barrier.wait()
-            frames[i] = clients[i].step(actions[i]).copy()
-        except BaseException as e:  # reported below
-            errors.append(e)
+    def play(i: int, barrier):
+        barrier.wait()
+        frames[i] = clients[i].step(actions[i]).copy()
 
-    threads = [threading.Thread(target=play, args=(i,)) for i in range(len(clients))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not errors, errors
+    run_together(len(clients), play, timeout=120)
     return frames
 
 
