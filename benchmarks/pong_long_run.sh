@@ -1,25 +1,36 @@
 #!/usr/bin/env bash
-# The long Pong teacher run on the 2-core CPU, one thread, resumable across sessions and machines.
+# The long Pong teacher runs on the 2-core CPU, one thread each, resumable across sessions and machines.
 #
-#   nohup bash benchmarks/pong_long_run.sh > runs/pong3.log 2>&1 &
+#   nohup bash benchmarks/pong_long_run.sh phases > runs/pong3.log 2>&1 &     # the two-phase teacher
+#   nohup bash benchmarks/pong_long_run.sh map > runs/pong3-map.log 2>&1 &    # the one-phase teacher
+#   nohup bash benchmarks/pong_long_run.sh decoders > runs/pong3-dec.log 2>&1 &
 #
-# Every step is skipped when its output exists and resumes from its last checkpoint otherwise, so the
-# same command picks the run up after Ctrl-C, a time limit or on a new machine (where it first
-# re-records the games and retrains the autoencoder: recordings are seeded, about 40 min in all).
-# The teacher runs in two phases (below); the autoencoder's decoder is fine-tuned on the side.
+# Every part first makes what it needs (the recordings and the autoencoder, about 30 min on a new
+# machine; seeded) and skips what exists; a training run resumes from its last checkpoint, so the same
+# command picks the run up after Ctrl-C, a time limit or on a new machine.
+#   phases    phase 1: the `small-ctx` teacher from scratch (5,739 steps; its keys stayed ignored), then
+#             phase 2: grown with the per-place action map, shift-3 training draws (runs/pong3/teacher-amap)
+#   map       one phase: the action map and the shift-3 draws from step 0 (runs/pong3/teacher-map)
+#   decoders  the autoencoder's decoder alone, fine-tuned in six rounds (the latents stay the same;
+#             docs/training.md, "Fine-tuning only the decoder"); a world gets it with
+#             `worldsdk export --decoder-from runs/pong3/decoder6/autoencoder.safetensors`
 # Every 500 steps metrics.jsonl gets the learnability probe on data/pong's test episodes (eval/probe/...).
 # Probe a checkpoint on the held-out recordings while it trains:
-#   python -m trainers.snapshot runs/pong3/teacher-causal
-#   python benchmarks/learnability.py --worlds runs/pong3/teacher-causal/snapshots/step_<N>/world.safetensors --data data/pong-fresh
+#   python -m trainers.snapshot runs/pong3/teacher-amap
+#   python benchmarks/learnability.py --worlds runs/pong3/teacher-amap/snapshots/step_<N>/world.safetensors --data data/pong-fresh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
+PART=${1:-phases}
 RUN=${RUN:-runs/pong3}
 AE_STEPS=${AE_STEPS:-8000}
+AE_THREADS=${AE_THREADS:-1}
+TEACHER_THREADS=${TEACHER_THREADS:-1}  # 2 on an otherwise idle 2-core CPU: 0.97 s/step against 1.75 (fp32, AVX2)
 TEACHER_STEPS=${TEACHER_STEPS:-5739}
 AMAP_STEPS=${AMAP_STEPS:-30000}
 MODEL=${MODEL:-small-ctx}
 export OMP_NUM_THREADS=1
+case "$PART" in phases|map|decoders) ;; *) echo "usage: $0 [phases|map|decoders]" >&2; exit 2;; esac
 mkdir -p "$RUN"
 
 if [ ! -f data/pong/index.json ]; then
@@ -32,35 +43,42 @@ if [ ! -f data/pong-fresh/index.json ]; then  # held out: new seeds, both player
 fi
 
 AE="$RUN/autoencoder/autoencoder.safetensors"
-[ -f "$AE" ] || worldsdk-train stage=autoencoder model=small data=data/pong run_dir="$RUN/autoencoder" \
-  loop.max_steps="$AE_STEPS" loop.threads=1 loop.eval_every=4000 loop.checkpoint_every=500 loop.progress=false
+[ -f "$AE" ] || OMP_NUM_THREADS=$AE_THREADS worldsdk-train stage=autoencoder model=small data=data/pong \
+  run_dir="$RUN/autoencoder" loop.max_steps="$AE_STEPS" loop.threads="$AE_THREADS" loop.eval_every=4000 \
+  loop.checkpoint_every=500 loop.progress=false
 
-# The decoder alone, fine-tuned in rounds (the latents stay the same; docs/training.md, "Fine-tuning only
-# the decoder"); a world gets it with `worldsdk export --decoder-from "$RUN/decoder6/autoencoder.safetensors"`.
-previous="$AE"
-for round in "decoder 3000" "decoder2 8000" "decoder3 8000" "decoder4 8000" "decoder5 8000" "decoder6 8000"; do
-  set -- $round
-  [ -f "$RUN/$1/autoencoder.safetensors" ] || worldsdk-train stage=autoencoder model=small data=data/pong \
-    run_dir="$RUN/$1" stage.init="$previous" stage.train_encoder=false stage.relative_hard_pixel_weight=1.0 \
-    stage.optimizer.lr=5e-4 stage.optimizer.warmup_steps=50 loop.max_steps="$2" loop.threads=1 \
-    loop.eval_every=4000 loop.checkpoint_every=500 loop.progress=false
-  previous="$RUN/$1/autoencoder.safetensors"
-done
+if [ "$PART" = decoders ]; then
+  previous="$AE"
+  for round in "decoder 3000" "decoder2 8000" "decoder3 8000" "decoder4 8000" "decoder5 8000" "decoder6 8000"; do
+    set -- $round
+    [ -f "$RUN/$1/autoencoder.safetensors" ] || worldsdk-train stage=autoencoder model=small data=data/pong \
+      run_dir="$RUN/$1" stage.init="$previous" stage.train_encoder=false stage.relative_hard_pixel_weight=1.0 \
+      stage.optimizer.lr=5e-4 stage.optimizer.warmup_steps=50 loop.max_steps="$2" loop.threads=1 \
+      loop.eval_every=4000 loop.checkpoint_every=500 loop.progress=false
+    previous="$RUN/$1/autoencoder.safetensors"
+  done
+  exit 0
+fi
 
 python -c "
 from worldsdk.autoencoder import load_autoencoder
 from worldsdk.data.latents import build_latent_cache
 build_latent_cache('data/pong', load_autoencoder('$AE'), '$RUN/latents', progress=False)"  # encodes only what is missing
 
-# Phase 1: the `small-ctx` teacher from scratch (5,739 steps; its actions stayed ignored, docs/worlds.md).
-worldsdk-train stage=teacher model="$MODEL" stage.latents="$RUN/latents" stage.autoencoder="$AE" \
-  stage.probe_data=data/pong stage.probe_clips_per_episode=8 loop.eval_every=500 \
-  run_dir="$RUN/teacher-causal" loop.max_steps="$TEACHER_STEPS" loop.batch_size=8 loop.precision=bf16 loop.threads=1 \
-  loop.checkpoint_every=200 loop.keep_checkpoints=4 loop.log_every=20 loop.progress=false
+# Shared by every teacher run: batch 8, one thread (TEACHER_THREADS), the precision this CPU runs fastest (bf16 only where it
+# is native: an AVX2 CPU emulates it 20x slower), the probe every 500 steps, a checkpoint every 200.
+COMMON=(stage.latents="$RUN/latents" stage.probe_data=data/pong stage.probe_clips_per_episode=8 loop.eval_every=500
+  loop.batch_size=8 loop.precision=auto loop.threads="$TEACHER_THREADS" loop.checkpoint_every=200 loop.keep_checkpoints=4
+  loop.log_every=20 loop.progress=false)
 
-# Phase 2: phase 1's world grown with a per-place action map, more training draws at high noise.
-worldsdk-train stage=teacher stage.init="$RUN/teacher-causal/world.safetensors" stage.latents="$RUN/latents" \
-  +stage.grow.action_map=true stage.draw_shift=3 \
-  stage.probe_data=data/pong stage.probe_clips_per_episode=8 loop.eval_every=500 \
-  run_dir="$RUN/teacher-amap" loop.max_steps="$AMAP_STEPS" loop.batch_size=8 loop.precision=bf16 loop.threads=1 \
-  loop.checkpoint_every=200 loop.keep_checkpoints=4 loop.log_every=20 loop.progress=false
+export OMP_NUM_THREADS=$TEACHER_THREADS
+if [ "$PART" = map ]; then
+  worldsdk-train stage=teacher model="$MODEL" stage.autoencoder="$AE" +stage.grow.action_map=true stage.draw_shift=3 \
+    run_dir="$RUN/teacher-map" loop.max_steps="$AMAP_STEPS" "${COMMON[@]}"
+  exit 0
+fi
+
+worldsdk-train stage=teacher model="$MODEL" stage.autoencoder="$AE" \
+  run_dir="$RUN/teacher-causal" loop.max_steps="$TEACHER_STEPS" "${COMMON[@]}"
+worldsdk-train stage=teacher stage.init="$RUN/teacher-causal/world.safetensors" +stage.grow.action_map=true \
+  stage.draw_shift=3 run_dir="$RUN/teacher-amap" loop.max_steps="$AMAP_STEPS" "${COMMON[@]}"

@@ -272,5 +272,7 @@ def test_a_teacher_grows_a_new_pathway_on_its_initial_world(chain):
         grown_model(model, {"dim": 2 * cfg.dim, "ffn_dim": 2 * cfg.ffn_dim})
     with pytest.raises(ValueError, match="unknown model field"):
         grown_model(model, {"no_such_field": 1})
-    with pytest.raises(ValueError, match="without an initial world"):
-        train(root / "grow-no-init", {"name": "teacher", "latents": latents, "autoencoder": ae, "grow": {"action_map": True}})
+    fresh = World.load(train(root / "grow-fresh", {"name": "teacher", "latents": latents, "autoencoder": ae,
+                                                   "grow": {"action_map": True}, "ema_decay": 0.0}, steps=2))
+    assert fresh.model.config.action_map and fresh.model.action_map.abs().sum() > 0  # a preset grown from step 0
+    assert not model.config.action_map  # the preset itself is unchanged

@@ -181,7 +181,8 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                        help="auto: bf16 autocast on a GPU, fp32 on a CPU; bf16 is ~1.4x faster on a CPU too")
+                        help="auto: bf16 autocast on a GPU and on a CPU with native bf16 (1.4x faster there), else fp32 "
+                             "(an AVX2-only CPU emulates bf16, 20x slower)")
     parser.add_argument("--ode-clips", type=int, default=256, help="clips of teacher trajectories to generate")
     parser.add_argument("--autoencoder", default=None, help="use this trained autoencoder instead of training one")
     parser.add_argument("--ablation", action="store_true", help="also train the paper's comparisons")

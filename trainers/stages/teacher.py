@@ -41,8 +41,9 @@ class TeacherStageConfig:
     latents: str = ""  # latent cache of the recordings
     autoencoder: str = ""  # the autoencoder that made the cache (it ships inside the world file)
     init: str = ""  # optional world file to start from (fine-tuning)
-    # ModelConfig fields to change on top of `init`'s model (command line: +stage.grow.action_map=true): rebuilt
-    # with them and gets every weight of the initial world; new pathways start at zero (worlds.grown_model)
+    # ModelConfig fields to change on top of `init`'s model, or of the preset's when there is no init
+    # (command line: +stage.grow.action_map=true): rebuilt with them, keeping every weight the model had;
+    # new pathways start at zero (worlds.grown_model)
     grow: dict = field(default_factory=dict)
     clip_frames: int = 0  # latent frames per clip; 0 = the model's trained length
     p_drop_text: float = 0.1
@@ -86,12 +87,12 @@ class TeacherStage(Stage):
             clip = config.clip_frames or self.model.config.latent_frames_max
             self.data = worlds.open_latent_clips(config.latents, clip)
         else:
-            if config.grow:
-                raise ValueError("stage.grow changes the model of stage.init; without an initial world choose a model preset")
             preset_frames = MODEL_PRESETS[model.preset].latent_frames_max
             self.data = worlds.open_latent_clips(config.latents, config.clip_frames or preset_frames)
             self.spec = worlds.spec_for_dataset(self.data, model.preset)
             self.model, self.text_encoder, self.autoencoder = worlds.fresh_parts(model.preset, self.spec, config.autoencoder)
+            if config.grow:
+                self.model = worlds.grown_model(self.model, config.grow)
         if config.timestep_shift:
             self.spec = replace(self.spec, timestep_shift=config.timestep_shift)
         self.schedule = self.spec.schedule  # trained on the grid the world will sample on
