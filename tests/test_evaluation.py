@@ -177,6 +177,36 @@ def test_object_counts_on_real_frames_and_on_doubled_or_scattered_objects():
     assert object_rates(blank, "pong")["player_paddle_present"] == 0.0
 
 
+def test_points_change_the_score_in_the_real_game_and_not_in_worlds_that_break_the_rule(tmp_path):
+    from worldsdk.data.objects import point_events, point_scores
+    from worldsdk.data.recorder import record
+    from worldsdk.data.store import EpisodeStore
+
+    record("ALE/Pong-v5", tmp_path, episodes=1, policy="random", max_steps=400, seed=5, styles=("classic",))
+    store = EpisodeStore(tmp_path)
+    episode = store.read(store.records()[0])
+    frames, rewards = episode.frames, np.nonzero(episode.rewards)[0]
+    rewards = rewards[rewards < len(frames) - 4]  # a point needs 3 frames after it to be seen
+    assert len(rewards) >= 2  # the random player loses a point about every 35 frames
+    points, changes = point_events(frames, "pong", "classic")
+    assert len(points) == len(rewards) and all(abs(p - r) <= 2 for p, r in zip(points, rewards))
+    assert changes == points  # the score changes in the frame the ball leaves
+    real = point_scores([frames], "pong", "classic")
+    assert real["points_scored"] == 1.0 and real["changes_on_points"] == 1.0
+    frozen = frames.copy()
+    frozen[:, :7] = frames[0, :7]  # a world that never changes the score
+    assert point_scores([frozen], "pong", "classic")["points_scored"] == 0.0
+    restless = frames.copy()  # a world whose score changes at other moments: the score rows 60 frames late
+    restless[60:, :7] = frames[:-60, :7]
+    late = point_scores([restless], "pong", "classic")
+    assert late["score_changes"] >= 2 and late["points_scored"] == 0.0 and late["changes_on_points"] == 0.0
+    noise = np.random.default_rng(0).integers(0, 256, (60, *frames.shape[1:]), dtype=np.uint8)
+    blank = point_scores([noise], "pong", "classic")  # nothing holds still, no ball leaves: nothing to judge
+    assert blank["points"] == blank["score_changes"] == 0 and np.isnan(blank["points_scored"])
+    with pytest.raises(ValueError, match="points are defined for"):
+        point_events(frames, "breakout")
+
+
 def test_eval_works_on_a_fresh_recording_of_a_few_episodes(tmp_path):
     from worldsdk.data.recorder import record
     from worldsdk.data.store import EpisodeStore
@@ -196,3 +226,5 @@ def test_eval_works_on_a_fresh_recording_of_a_few_episodes(tmp_path):
     results = json.loads((out / "eval.json").read_text())
     assert results["split"] == "all" and results["test_episodes"] == 2
     assert results["action_test"]["world_pass_rate"] == 0.0  # the untrained tiny world ignores its keys
+    assert set(results["points"]) == {"world", "real"}  # the 5-step rollout and the 40-frame episodes: no point yet
+    assert results["points"]["real"]["points"] == 0 and "Points in that rollout" in (out / "eval.md").read_text()

@@ -8,6 +8,8 @@ the real ones:
   ball       recall and false positives of the ball, and its position error;
   motion     mean frame-to-frame change (the analogue of Dynamic Degree: a frozen world scores ~0);
   drift      long rollouts under random actions: colour-histogram distance to real frames over time;
+  objects    what that rollout draws: one ball, one of each paddle, the player's paddle present;
+  points     in Pong, whether its score changes when, and only when, the ball passes a paddle;
   cost       model calls and wall time per generated frame.
 Results go to JSON, a Markdown table and plots in `--out`.
 
@@ -242,7 +244,7 @@ def evaluate(world, dataset_dir: str, episodes: int = 8, starts_per_episode: int
              action_trials: int = 8) -> dict:
     """All metrics of `world` on a recorded dataset (its test split, or all of it: `evaluation_episodes`),
     sampled by `sampler` (default: the teacher's Euler sampler for a teacher world, the world's own)."""
-    from worldsdk.data.objects import GAMES, paddle_motion
+    from worldsdk.data.objects import GAMES, paddle_motion, point_scores
     from worldsdk.data.store import EpisodeStore
 
     sampler = sampler.resolve(world)
@@ -321,6 +323,9 @@ def evaluate(world, dataset_dir: str, episodes: int = 8, starts_per_episode: int
         objects = {"world": object_rates(np.concatenate(long_frames), game, None),
                    "real": object_rates(np.concatenate(real_frames_all), game, None),
                    "noise": object_rates(noise, game, None)}
+    points = {}
+    if GAMES.get(game) and GAMES[game].goal_cols and long_frames:  # does the score change when the ball passes a paddle?
+        points = {"world": point_scores([np.concatenate(long_frames)], game), "real": point_scores(real_frames_all, game)}
     actions = {}
     if action_trials > 0 and meta.env_id.startswith("ALE/") and game in GAMES:
         actions = action_test(world, meta.env_id, trials=action_trials, seed=seed, sampler=sampler)
@@ -335,7 +340,7 @@ def evaluate(world, dataset_dir: str, episodes: int = 8, starts_per_episode: int
                              "blind": mean(follow["blind"]), "samples": len(follow["generated"])},
         "objects_in_replays": ball,
         "motion": {"generated": mean(motions["generated"]), "real": mean(motions["real"]), "blind": mean(motions["blind"])},
-        "drift": drift, "drift_controls": drift_controls, "long_steps": long_steps, "objects": objects,
+        "drift": drift, "drift_controls": drift_controls, "long_steps": long_steps, "objects": objects, "points": points,
         "action_test": actions,
         "cost": {"model_calls_per_frame": sampler.calls_per_chunk(world) / chunk,
                  "seconds_per_frame": cost_time / max(cost_frames, 1)},
@@ -481,21 +486,6 @@ def action_test(world, env_id: str, trials: int = 8, chunks: int = 6, seed: int 
     }
 
 
-def rollout_objects(world, context: np.ndarray, game: str, steps: int = 1000, seed: int = 0,
-                    style: str = "classic", sampler: Sampler = Sampler()) -> dict:
-    """A `steps`-chunk rollout under random keys from real context, and how often its frames show what
-    the game shows: at most one ball, at most one of each paddle, and the player's paddle present."""
-    from worldsdk.data.objects import count_objects
-    from worldsdk.data.styles import prompt_for
-
-    space = world.spec.action.to_space()
-    space.seed(seed)
-    rollout = sampler.resolve(world).start(world, prompt_for(game, style), seed, context)
-    fc = world.model.config.frames_per_chunk
-    frames = np.concatenate([rollout.step([space.sample()] * fc) for _ in range(steps)])
-    return object_rates(frames, game, style)
-
-
 def object_rates(frames: np.ndarray, game: str, style: str | None = "classic") -> dict:
     """Shares of frames (N, H, W, 3) with at most one ball, at most one of each paddle, and the
     player's paddle present (the real game: about 100% each, docs/worlds.md). `style` None: detected
@@ -556,6 +546,14 @@ def markdown(results: dict) -> str:
                   "| share of frames | world | real game | uniform noise |", "|---|---|---|---|"]
         lines += [f"| {k.replace('_', ' ')} | {o['world'][k]:.1%} | {o['real'][k]:.1%} | {o.get('noise', {}).get(k, nan):.1%} |"
                   for k in o["world"] if k != "frames"]
+    if results.get("points"):
+        p = results["points"]
+        lines += ["", "Points in that rollout (the ball passing a paddle) and score changes (real episodes beside it):", "",
+                  "| | world | real game |", "|---|---|---|",
+                  f"| points / score changes | {p['world']['points']} / {p['world']['score_changes']} | "
+                  f"{p['real']['points']} / {p['real']['score_changes']} |",
+                  f"| points that change the score | {p['world']['points_scored']:.0%} | {p['real']['points_scored']:.0%} |",
+                  f"| score changes on a point | {p['world']['changes_on_points']:.0%} | {p['real']['changes_on_points']:.0%} |"]
     if results["drift"]:
         d = results.get("drift_controls") or {}
         lines += ["", f"| rollout step | histogram distance to real frames (a real chunk: {d.get('real', nan):.3f}, "

@@ -51,6 +51,10 @@ class GameObjects:
     paddle_cols: tuple[int, int]
     paddle_size: tuple[int, int]
     paddle_axis: int  # 0: moves up/down (Pong), 1: left/right (Breakout)
+    # Pong's scoring: the score digits' rows, and the columns the ball has passed a paddle beyond
+    # (point_events). None: the game scores otherwise (Breakout: bricks).
+    score_rows: tuple[int, int] | None = None
+    goal_cols: tuple[int, int] | None = None
 
     @property
     def palette(self) -> tuple[RGB, ...]:
@@ -76,6 +80,8 @@ GAMES: dict[str, GameObjects] = {
         paddle_cols=(140, 144),
         paddle_size=(16, 4),
         paddle_axis=0,
+        score_rows=(0, 23),  # above the top wall
+        goal_cols=(20, 140),  # the opponent's paddle ends at 20, the player's starts at 140
     ),
     "breakout": GameObjects(
         background=(0, 0, 0),
@@ -347,6 +353,59 @@ def ball_recall(reference: np.ndarray, candidate: np.ndarray, game: str, style: 
         return float("nan")
     distance = np.linalg.norm(ref[seen] - cand[seen], axis=1)
     return float(np.mean(np.nan_to_num(distance, nan=np.inf) <= radius))
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) of each run of True in a 1-D bool array."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return list(zip(np.nonzero(edges == 1)[0].tolist(), np.nonzero(edges == -1)[0].tolist()))
+
+
+def point_events(frames: np.ndarray, game: str, style: str | Style | None = None, hold: int = 3) -> tuple[list[int], list[int]]:
+    """Pong's points and score changes in one continuous sequence of frames (N, H, W, 3).
+
+    A point: the ball, last seen beyond a paddle (GameObjects.goal_cols), is gone for the next `hold`
+    frames; its frame index is the first frame without it. A score change: the score rows change
+    (at least 3 pixels by more than 32 levels) in one or two consecutive frames between two stretches
+    of `hold` frames where they hold still; its index is the first changed frame. Changes where the
+    style changes are not counted. In the real game each point changes the score within a frame.
+    """
+    objects = get_game(game)
+    if objects.score_rows is None or objects.goal_cols is None:
+        raise ValueError(f"{game}: no score rows or goal columns: points are defined for {[g for g, o in GAMES.items() if o.goal_cols]}")
+    frames = _as_batch(frames)
+    n, h, w, _ = frames.shape
+    styles = [s.name for s in _styles_for(frames, game, style)]
+    band = frames[:, _band_mask(h, RAW_HEIGHT, (objects.score_rows,), inside=True)].astype(np.int16)
+    changed = np.zeros(n, dtype=bool)  # changed[t]: frame t's score rows differ from frame t - 1's
+    changed[1:] = (np.abs(np.diff(band, axis=0)).max(-1) > 32).sum(axis=(1, 2)) >= 3
+    changes = [a for a, b in _runs(changed)
+               if b - a <= 2 and a - hold >= 1 and b + hold <= n
+               and not changed[a - hold : a].any() and not changed[b : b + hold].any()
+               and len(set(styles[a - 1 : b + 1])) == 1]
+    balls = find_balls(frames, game, style)
+    present = ~np.isnan(balls[:, 1])
+    col = (balls[:, 1] + 0.5) * RAW_WIDTH / w - 0.5  # raw columns
+    lo, hi = objects.goal_cols
+    points = [t for t in range(1, n - hold + 1)
+              if present[t - 1] and not present[t : t + hold].any() and (col[t - 1] < lo or col[t - 1] > hi)]
+    return points, changes
+
+
+def point_scores(sequences, game: str, style: str | Style | None = None, window: int = 3) -> dict:
+    """Whether the score changes when, and only when, the ball passes a paddle, pooled over continuous
+    sequences of frames (point_events on each): `points_scored`, the share of points with a score
+    change within `window` frames; `changes_on_points`, the share of score changes with a point
+    within `window` frames (NaN where there is no event to judge). The real game: 1 and 1."""
+    points = changes = scored = explained = 0
+    for frames in sequences:
+        p, c = point_events(frames, game, style)
+        points, changes = points + len(p), changes + len(c)
+        scored += sum(any(abs(a - b) <= window for b in c) for a in p)
+        explained += sum(any(abs(a - b) <= window for b in p) for a in c)
+    return {"points": points, "score_changes": changes,
+            "points_scored": scored / points if points else float("nan"),
+            "changes_on_points": explained / changes if changes else float("nan")}
 
 
 def raw_to_frame(point: tuple[float, float], size: tuple[int, int]) -> tuple[float, float]:
