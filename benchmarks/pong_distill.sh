@@ -31,11 +31,11 @@ fi
 
 [ -f "$RUN/teacher-bidirectional/world.safetensors" ] || worldsdk-train stage=teacher stage.mode=bidirectional \
   stage.init="$RUN/teacher-causal/world.safetensors" stage.latents="$RUN/latents" \
-  run_dir="$RUN/teacher-bidirectional" loop.max_steps="$BIDIRECTIONAL_STEPS" loop.batch_size=8 loop.precision=auto \
+  run_dir="$RUN/teacher-bidirectional" loop.max_steps="$BIDIRECTIONAL_STEPS" loop.batch_size=8 loop.precision=fastest \
   loop.threads=1 loop.checkpoint_every=100 loop.log_every=20 loop.progress=false
 
 python -m trainers.recipe --data data/pong --out "$RUN" --preset small-ctx --scale 0.3 --ode-clips 128 \
-  --precision auto --threads 1 --autoencoder "$FROM/autoencoder/autoencoder.safetensors" --reward no \
+  --precision fastest --threads 1 --autoencoder "$FROM/autoencoder/autoencoder.safetensors" --reward no \
   --only ode-causal,dmd-causal-forcing
 
 # The sixth decoder round (`pong_long_run.sh decoders`) when it exists, else the autoencoder's own decoder.

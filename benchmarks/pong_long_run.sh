@@ -68,7 +68,7 @@ build_latent_cache('data/pong', load_autoencoder('$AE'), '$RUN/latents', progres
 # Shared by every teacher run: batch 8, one thread (TEACHER_THREADS), the precision this CPU runs fastest (bf16 only where it
 # is native: an AVX2 CPU emulates it 20x slower), the probe every 500 steps, a checkpoint every 200.
 COMMON=(stage.latents="$RUN/latents" stage.probe_data=data/pong stage.probe_clips_per_episode=8 loop.eval_every=500
-  loop.batch_size=8 loop.precision=auto loop.threads="$TEACHER_THREADS" loop.checkpoint_every=200 loop.keep_checkpoints=4
+  loop.batch_size=8 loop.precision=fastest loop.threads="$TEACHER_THREADS" loop.checkpoint_every=200 loop.keep_checkpoints=4
   loop.log_every=20 loop.progress=false)
 
 export OMP_NUM_THREADS=$TEACHER_THREADS

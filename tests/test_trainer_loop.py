@@ -211,20 +211,21 @@ def test_time_limit_counts_from_the_process_start_not_the_last_checkpoint(tmp_pa
     assert _losses(tmp_path / "run") == _losses(tmp_path / "straight")
 
 
-def test_auto_precision_uses_bf16_only_where_the_cpu_has_it_and_forced_bf16_warns_without_it(monkeypatch, caplog):
+def test_fastest_precision_uses_bf16_only_where_the_cpu_has_it_and_forced_bf16_warns_without_it(monkeypatch, caplog):
     from trainers import loop
 
-    cpu = torch.device("cpu")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: False)  # an AVX2 CPU: bf16 emulated, ~20x slower
-    assert loop._autocast_dtype("auto", cpu) is None and loop._autocast_dtype("fp32", cpu) is None
+    assert loop._autocast_dtype("fastest", cpu) is None and loop._autocast_dtype("auto", cpu) is None
     with caplog.at_level("WARNING", logger="trainers.loop"):
         assert loop._autocast_dtype("bf16", cpu) is torch.bfloat16  # asked for explicitly: kept, with a warning
     assert "without native bf16" in caplog.text
     caplog.clear()
     monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: True)  # AVX512-BF16 / AMX
     with caplog.at_level("WARNING", logger="trainers.loop"):
-        assert loop._autocast_dtype("auto", cpu) is torch.bfloat16 and loop._autocast_dtype("bf16", cpu) is torch.bfloat16
-    assert loop._autocast_dtype("fp32", cpu) is None and not caplog.text
-    assert loop._autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+        assert loop._autocast_dtype("fastest", cpu) is torch.bfloat16 and loop._autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert not caplog.text
+    assert loop._autocast_dtype("auto", cpu) is None and loop._autocast_dtype("fp32", cpu) is None  # auto: fp32 on a CPU
+    assert loop._autocast_dtype("auto", cuda) is torch.bfloat16 and loop._autocast_dtype("fastest", cuda) is torch.bfloat16
     with pytest.raises(ValueError, match="loop.precision must be one of"):
         loop._autocast_dtype("fp16", cpu)

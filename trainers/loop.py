@@ -44,7 +44,7 @@ from worldsdk.train_checkpoint import (
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fastest")
 # step_N.safetensors: one file (ddp); step_N: a sharded folder (fsdp). A step_N.tmp folder is unfinished.
 CHECKPOINT_NAME = re.compile(r"^step_(\d+)(\.safetensors)?$")
 
@@ -57,7 +57,8 @@ class LoopConfig:
     batch_size: int = 16  # per process; the global batch is batch_size * world size
     seed: int = 0
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
-    precision: str = "auto"  # auto (bf16 autocast on GPU and on CPUs with native bf16, else fp32) | fp32 | bf16
+    # auto: bf16 autocast on GPU, fp32 on CPU | fp32 | bf16 | fastest: bf16 on GPU and on CPUs with native bf16
+    precision: str = "auto"
     num_workers: int = 0  # DataLoader workers per process
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     log_every: int = 10
@@ -179,8 +180,8 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     native = device.type == "cuda" or cpu_has_native_bf16()
     if precision == "bf16" and not native:
         log.warning("loop.precision=bf16 on a CPU without native bf16 (%s): its matmuls are emulated, about 10x "
-                    "slower than fp32; loop.precision=auto picks the faster one", torch.backends.cpu.get_cpu_capability())
-    if precision == "bf16" or (precision == "auto" and native):
+                    "slower than fp32; loop.precision=fastest picks the faster one", torch.backends.cpu.get_cpu_capability())
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda") or (precision == "fastest" and native):
         return torch.bfloat16
     return None
 
