@@ -191,6 +191,9 @@ def test_points_change_the_score_in_the_real_game_and_not_in_worlds_that_break_t
     points, changes = point_events(frames, "pong", "classic")
     assert len(points) == len(rewards) and all(abs(p - r) <= 2 for p, r in zip(points, rewards))
     assert changes == points  # the score changes in the frame the ball leaves
+    assert point_events(frames, "pong", ["classic"] * len(frames)) == (points, changes)  # a style per frame
+    with pytest.raises(ValueError, match="styles for"):
+        point_events(frames, "pong", ["classic"] * 3)
     real = point_scores([frames], "pong", "classic")
     assert real["points_scored"] == 1.0 and real["changes_on_points"] == 1.0
     frozen = frames.copy()

@@ -194,10 +194,21 @@ def _as_batch(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def _styles_for(frames: np.ndarray, game: str, style: str | Style | None) -> list[Style]:
+def _styles_for(frames: np.ndarray, game: str, style: str | Style | list[str] | None) -> list[Style]:
+    """Each frame's style: detected (None), one for all, or one per frame (a list, e.g. detected once
+    by the caller for several finders)."""
     if style is None:
         return [get_style(s) for s in detect_style(frames, game)]
+    if isinstance(style, list):
+        if len(style) != len(frames):
+            raise ValueError(f"{len(style)} styles for {len(frames)} frames")
+        return [get_style(s) for s in style]
     return [get_style(style)] * len(frames)
+
+
+def _batch_style(style, i: int):
+    """The `style` argument of frames[i : i + _BATCH]."""
+    return style[i : i + _BATCH] if isinstance(style, list) else style
 
 
 def _box_sum3(x: np.ndarray) -> np.ndarray:
@@ -216,11 +227,12 @@ _BATCH = 256  # frames processed at once
 _MAX_BLEND_DISTANCE = 12.0  # colour units (0..255 RGB): farther than this from every blend is a mix of 3 colours
 
 
-def find_balls(frames: np.ndarray, game: str, style: str | Style | None = None) -> np.ndarray:
-    """Ball centres (N, 2) float32 as (row, col) in frame pixels; NaN where there is no ball."""
+def find_balls(frames: np.ndarray, game: str, style: str | Style | list[str] | None = None) -> np.ndarray:
+    """Ball centres (N, 2) float32 as (row, col) in frame pixels; NaN where there is no ball. `style`:
+    one for all frames, one per frame (a list), or None (detected per frame)."""
     frames = _as_batch(frames)
     if len(frames) > _BATCH:
-        return np.concatenate([find_balls(frames[i : i + _BATCH], game, style) for i in range(0, len(frames), _BATCH)])
+        return np.concatenate([find_balls(frames[i : i + _BATCH], game, _batch_style(style, i)) for i in range(0, len(frames), _BATCH)])
     objects = get_game(game)
     n, h, w, _ = frames.shape
     out = np.full((n, 2), np.nan, dtype=np.float32)
@@ -261,7 +273,7 @@ def find_paddles(frames: np.ndarray, game: str, style: str | Style | None = None
     that of its visible part)."""
     frames = _as_batch(frames)
     if len(frames) > _BATCH:
-        return np.concatenate([find_paddles(frames[i : i + _BATCH], game, style, min_fraction)
+        return np.concatenate([find_paddles(frames[i : i + _BATCH], game, _batch_style(style, i), min_fraction)
                                for i in range(0, len(frames), _BATCH)])
     objects = get_game(game)
     n, h, w, _ = frames.shape
@@ -375,7 +387,7 @@ def point_events(frames: np.ndarray, game: str, style: str | Style | None = None
         raise ValueError(f"{game}: no score rows or goal columns: points are defined for {[g for g, o in GAMES.items() if o.goal_cols]}")
     frames = _as_batch(frames)
     n, h, w, _ = frames.shape
-    styles = [s.name for s in _styles_for(frames, game, style)]
+    styles = [s.name for s in _styles_for(frames, game, style)]  # detected once, for the ball finder too
     band = frames[:, _band_mask(h, RAW_HEIGHT, (objects.score_rows,), inside=True)].astype(np.int16)
     changed = np.zeros(n, dtype=bool)  # changed[t]: frame t's score rows differ from frame t - 1's
     changed[1:] = (np.abs(np.diff(band, axis=0)).max(-1) > 32).sum(axis=(1, 2)) >= 3
@@ -383,7 +395,7 @@ def point_events(frames: np.ndarray, game: str, style: str | Style | None = None
                if b - a <= 2 and a - hold >= 1 and b + hold <= n
                and not changed[a - hold : a].any() and not changed[b : b + hold].any()
                and len(set(styles[a - 1 : b + 1])) == 1]
-    balls = find_balls(frames, game, style)
+    balls = find_balls(frames, game, styles)
     present = ~np.isnan(balls[:, 1])
     col = (balls[:, 1] + 0.5) * RAW_WIDTH / w - 0.5  # raw columns
     lo, hi = objects.goal_cols
