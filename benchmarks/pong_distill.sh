@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # The few-step Pong world from a long-run teacher (benchmarks/pong_long_run.sh), on the 2-core CPU,
-# one thread, beside the long run; resumable like it (each step skips what exists):
+# one thread beside the long run (THREADS=2 with the long run stopped); resumable like it (each step skips
+# what exists):
 #
 #   nohup bash benchmarks/pong_distill.sh > runs/pong4.log 2>&1 &                     # phase 2's teacher
 #   TEACHER=teacher-map nohup bash benchmarks/pong_distill.sh > runs/pong4.log 2>&1 &  # the one-phase teacher
+#   TEACHER=teacher-map STEP=7000 THREADS=2 ABLATION=1 SHIP=1 bash benchmarks/pong_distill.sh  # session 6's `pong`
 #
 # 1. the teacher run's latest checkpoint (EMA) becomes runs/pong4/teacher-causal (kept once made:
 #    delete that folder to distil a later checkpoint);
 # 2. the bidirectional teacher (DMD's real score) is fine-tuned from it, not trained from scratch;
 # 3. the recipe's causal ODE initialisation and Causal Forcing DMD;
 # 4. `worldsdk eval` of the student on the held-out recordings, with the sixth decoder round swapped in
-#    where it exists.
+#    where it exists;
+# 5. ABLATION=1: the Self Forcing style student from the same teachers (bidirectional ODE + DMD) and
+#    benchmarks/ablation.py on the held-out recordings, its students against the Causal Forcing one;
+# 6. SHIP=1: the shipped `pong` (worldsdk/worlds/pong.safetensors): a reward model trained on the student's
+#    latents, int8 storage, a bank of 8 real starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
@@ -18,13 +24,19 @@ FROM=${FROM:-runs/pong3}
 TEACHER=${TEACHER:-teacher-amap}  # the teacher run in $FROM: teacher-amap (two phases) or teacher-map (one)
 RUN=${RUN:-runs/pong4}
 BIDIRECTIONAL_STEPS=${BIDIRECTIONAL_STEPS:-600}
-export OMP_NUM_THREADS=1
+THREADS=${THREADS:-1}  # 2 when the long run is stopped meanwhile (the 2-core CPU otherwise idle)
+export OMP_NUM_THREADS=$THREADS
 mkdir -p "$RUN/teacher-causal"
 ln -sfn "$(realpath "$FROM/latents")" "$RUN/latents"
 
 if [ ! -f "$RUN/teacher-causal/world.safetensors" ]; then
-  python -m trainers.snapshot "$FROM/$TEACHER"
-  latest=$(ls -d "$FROM/$TEACHER"/snapshots/step_* | sort | tail -1)
+  if [ -n "${STEP:-}" ]; then  # a given checkpoint step, else the newest
+    python -m trainers.snapshot "$FROM/$TEACHER" --step "$STEP"
+    latest=$(printf '%s/snapshots/step_%08d' "$FROM/$TEACHER" "$STEP")
+  else
+    python -m trainers.snapshot "$FROM/$TEACHER"
+    latest=$(ls -d "$FROM/$TEACHER"/snapshots/step_* | sort | tail -1)
+  fi
   cp "$latest/world.safetensors" "$RUN/teacher-causal/world.safetensors"
   echo "$latest" > "$RUN/teacher-causal/FROM"
 fi
@@ -32,10 +44,10 @@ fi
 [ -f "$RUN/teacher-bidirectional/world.safetensors" ] || worldsdk-train stage=teacher stage.mode=bidirectional \
   stage.init="$RUN/teacher-causal/world.safetensors" stage.latents="$RUN/latents" \
   run_dir="$RUN/teacher-bidirectional" loop.max_steps="$BIDIRECTIONAL_STEPS" loop.batch_size=8 loop.precision=fastest \
-  loop.threads=1 loop.checkpoint_every=100 loop.log_every=20 loop.progress=false
+  loop.threads="$THREADS" loop.checkpoint_every=100 loop.log_every=20 loop.progress=false
 
 python -m trainers.recipe --data data/pong --out "$RUN" --preset small-ctx --scale 0.3 --ode-clips 128 \
-  --precision fastest --threads 1 --autoencoder "$FROM/autoencoder/autoencoder.safetensors" --reward no \
+  --precision fastest --threads "$THREADS" --autoencoder "$FROM/autoencoder/autoencoder.safetensors" --reward no \
   --only ode-causal,dmd-causal-forcing
 
 # The sixth decoder round (`pong_long_run.sh decoders`) when it exists, else the autoencoder's own decoder.
@@ -45,3 +57,20 @@ swap=(); [ -f "$DECODER" ] && swap=(--decoder-from "$DECODER") || echo "no $DECO
   --name pong --storage exact "${swap[@]}" --out "$RUN/pong-export.safetensors"
 [ -f "$RUN/eval/eval.json" ] || worldsdk eval --world "$RUN/pong-export.safetensors" --data data/pong-fresh \
   --out "$RUN/eval"
+
+if [ "${ABLATION:-0}" = 1 ]; then
+  python -m trainers.recipe --data data/pong --out "$RUN" --preset small-ctx --scale 0.3 --ode-clips 128 \
+    --precision fastest --threads "$THREADS" --autoencoder "$FROM/autoencoder/autoencoder.safetensors" --reward no \
+    --only ode-bidirectional,dmd-self-forcing
+  [ -f "$RUN/ablation/ablation.json" ] || python benchmarks/ablation.py --runs "$RUN" --data data/pong-fresh \
+    --out "$RUN/ablation" --rows ode-causal,dmd-causal-forcing,ode-bidirectional,dmd-self-forcing
+fi
+
+if [ "${SHIP:-0}" = 1 ]; then
+  [ -f "$RUN/reward/world.safetensors" ] || worldsdk-train stage=reward stage.world="$RUN/world.safetensors" \
+    stage.latents="$RUN/latents" stage.data=data/pong run_dir="$RUN/reward" loop.max_steps=1500 loop.threads="$THREADS" \
+    loop.progress=false
+  worldsdk export --world "$RUN/world.safetensors" --name pong --storage int8 --summary "$RUN/recipe.json" \
+    --eval "$RUN/eval/eval.json" --starts-from data/pong --starts 8 --reward-from "$RUN/reward/world.safetensors" \
+    "${swap[@]}"
+fi
