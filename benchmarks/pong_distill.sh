@@ -5,7 +5,7 @@
 #
 #   nohup bash benchmarks/pong_distill.sh > runs/pong4.log 2>&1 &                     # phase 2's teacher
 #   TEACHER=teacher-map nohup bash benchmarks/pong_distill.sh > runs/pong4.log 2>&1 &  # the one-phase teacher
-#   TEACHER=teacher-map STEP=7000 THREADS=2 ABLATION=1 SHIP=1 bash benchmarks/pong_distill.sh  # session 6's `pong`
+#   TEACHER=teacher-map STEP=7000 THREADS=2 ABLATION=1 bash benchmarks/pong_distill.sh  # session 6's run
 #
 # 1. the teacher run's latest checkpoint (EMA) becomes runs/pong4/teacher-causal (kept once made:
 #    delete that folder to distil a later checkpoint);
@@ -14,9 +14,11 @@
 # 4. `worldsdk eval` of the student on the held-out recordings, with the sixth decoder round swapped in
 #    where it exists;
 # 5. ABLATION=1: the Self Forcing style student from the same teachers (bidirectional ODE + DMD) and
-#    benchmarks/ablation.py on the held-out recordings, its students against the Causal Forcing one;
-# 6. SHIP=1: the shipped `pong` (worldsdk/worlds/pong.safetensors): a reward model trained on the student's
-#    latents, int8 storage, a bank of 8 real starts.
+#    benchmarks/ablation.py on the held-out recordings, its students against the Causal Forcing one (about
+#    13 min a row on the shared CPU; session 6's table in docs/worlds.md used `worldsdk eval` per world);
+# 6. SHIP=1: replaces the shipped `pong` (worldsdk/worlds/pong.safetensors) with the student: a reward model
+#    trained on the latents, int8 storage, a bank of 8 real starts. Only after its eval beats the shipped
+#    world's (session 6's student did not: it collapses after 16-32 frames).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
