@@ -267,10 +267,11 @@ def find_balls(frames: np.ndarray, game: str, style: str | Style | list[str] | N
     return out
 
 
-def find_paddles(frames: np.ndarray, game: str, style: str | Style | None = None, min_fraction: float = 1 / 3) -> np.ndarray:
+def find_paddles(frames: np.ndarray, game: str, style: str | Style | list[str] | None = None,
+                 min_fraction: float = 1 / 3) -> np.ndarray:
     """The player's paddle centre (N, 2) float32 as (row, col) in frame pixels; NaN where less than
     `min_fraction` of a paddle is visible (Pong's paddle slides under the walls: the centre is then
-    that of its visible part)."""
+    that of its visible part). `style` as in `find_balls`."""
     frames = _as_batch(frames)
     if len(frames) > _BATCH:
         return np.concatenate([find_paddles(frames[i : i + _BATCH], game, _batch_style(style, i), min_fraction)
