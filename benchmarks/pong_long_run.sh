@@ -10,7 +10,9 @@
 # command picks the run up after Ctrl-C, a time limit or on a new machine.
 #   phases    phase 1: the `small-ctx` teacher from scratch (5,739 steps; its keys stayed ignored), then
 #             phase 2: grown with the per-place action map, shift-3 training draws (runs/pong3/teacher-amap)
-#   map       one phase: the action map and the shift-3 draws from step 0 (runs/pong3/teacher-map)
+#   map       one phase: the action map and the shift-3 draws from step 0 (runs/pong3/teacher-map); the clean
+#             history noised up to CONTEXT_NOISE (default 0.3; GameNGen's augmentation against the drift of
+#             long rollouts): session 7 switched it on at step 8,257, resuming the run with the changed config
 #   decoders  the autoencoder's decoder alone, fine-tuned in six rounds (the latents stay the same;
 #             docs/training.md, "Fine-tuning only the decoder"); a world gets it with
 #             `worldsdk export --decoder-from runs/pong3/decoder6/autoencoder.safetensors`
@@ -29,6 +31,7 @@ TEACHER_THREADS=${TEACHER_THREADS:-1}  # 2 on an otherwise idle 2-core CPU: 0.97
 TEACHER_STEPS=${TEACHER_STEPS:-5739}
 AMAP_STEPS=${AMAP_STEPS:-30000}
 MODEL=${MODEL:-small-ctx}
+CONTEXT_NOISE=${CONTEXT_NOISE:-0.3}
 export OMP_NUM_THREADS=1
 case "$PART" in phases|map|decoders) ;; *) echo "usage: $0 [phases|map|decoders]" >&2; exit 2;; esac
 mkdir -p "$RUN"
@@ -74,7 +77,7 @@ COMMON=(stage.latents="$RUN/latents" stage.probe_data=data/pong stage.probe_clip
 export OMP_NUM_THREADS=$TEACHER_THREADS
 if [ "$PART" = map ]; then
   worldsdk-train stage=teacher model="$MODEL" stage.autoencoder="$AE" +stage.grow.action_map=true stage.draw_shift=3 \
-    run_dir="$RUN/teacher-map" loop.max_steps="$AMAP_STEPS" "${COMMON[@]}"
+    stage.context_noise="$CONTEXT_NOISE" run_dir="$RUN/teacher-map" loop.max_steps="$AMAP_STEPS" "${COMMON[@]}"
   exit 0
 fi
 

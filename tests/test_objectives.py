@@ -119,6 +119,61 @@ def test_ode_regression_and_consistency_losses_fall():
     assert losses[-1] < 0.6 * losses[0]
 
 
+@torch.no_grad()
+def test_context_noise_corrupts_the_history_not_the_target():
+    student = tiny(1, context_frames=2, context_skip=0.33).eval()
+    teacher = tiny(2).eval()
+    x0, cond = batch(student)
+    torch.manual_seed(0)
+    states, endpoint = O.causal_ode_pairs(teacher, x0, cond, D.Schedule(5.0, (1000, 500)), 8, 1.0)
+    sig = D.euler_sigmas(8, 5.0)[[0, 4]]
+    b, f = x0.shape[0], x0.shape[2]
+    torch.manual_seed(7)
+    loss, _ = O.ode_regression_loss(student, states, endpoint, x0, cond, sig, context_noise=0.3)
+    # the definition: one level per clip in [0, 0.3], the history noised to it and labelled with it
+    torch.manual_seed(7)
+    index = torch.randint(0, 2, (b, 1))
+    level = torch.rand(b, 1) * 0.3
+    noisy_history = D.add_noise(x0, torch.randn_like(x0), level.expand(b, f))
+    x_t = states[torch.arange(b), index[:, 0]]
+    sigma = sig[index].expand(b, f)
+    v = student.forward_teacher_forcing(noisy_history, x_t, D.sigma_to_t(sigma), cond.text, cond.actions,
+                                        clean_t=D.sigma_to_t(level.expand(b, f)))
+    expected = torch.nn.functional.mse_loss(x_t - sigma[:, None, :, None, None] * v, endpoint)
+    assert abs(loss.item() - expected.item()) < 1e-5
+    torch.manual_seed(7)
+    clean_loss, _ = O.ode_regression_loss(student, states, endpoint, x0, cond, sig)
+    assert abs(clean_loss.item() - loss.item()) > 1e-4  # the corrupted history changes the prediction
+    zero_t = torch.zeros(b, f)
+    assert torch.equal(student.forward_teacher_forcing(x0, x_t, D.sigma_to_t(sigma), cond.text, cond.actions),
+                       student.forward_teacher_forcing(x0, x_t, D.sigma_to_t(sigma), cond.text, cond.actions, clean_t=zero_t))
+    with pytest.raises(ValueError, match="bidirectional pairs have none"):
+        O.ode_regression_loss(student, states, endpoint, x0, cond, sig, causal=False, context_noise=0.3)
+
+
+@torch.no_grad()
+def test_teacher_forcing_with_context_noise_sees_a_noised_labelled_history():
+    model = tiny(1, context_frames=2, context_skip=0.33).eval()
+    x0, cond = batch(model)
+    b, f = x0.shape[0], x0.shape[2]
+    torch.manual_seed(11)
+    loss, _ = O.teacher_loss(model, x0, cond, "teacher_forcing", D.Schedule(), context_noise=0.5)
+    torch.manual_seed(11)  # the definition: the draws of teacher_loss, then the history's level and noise
+    sigma = O.chunk_sigmas(b, f, model.config.frames_per_chunk, D.Schedule(), "cpu")
+    noise = torch.randn_like(x0)
+    level = (torch.rand(b, 1) * 0.5).expand(b, f)
+    history = D.add_noise(x0, torch.randn_like(x0), level)
+    v = model.forward_teacher_forcing(history, D.add_noise(x0, noise, sigma), D.sigma_to_t(sigma), cond.text,
+                                      cond.actions, clean_t=D.sigma_to_t(level))
+    expected = D.flow_matching_loss(v, x0, noise, D.sigma_to_t(sigma), D.Schedule().shift)
+    assert abs(loss.item() - expected.item()) < 1e-6
+    torch.manual_seed(11)
+    clean, _ = O.teacher_loss(model, x0, cond, "teacher_forcing", D.Schedule())
+    assert abs(clean.item() - loss.item()) > 1e-4
+    with pytest.raises(ValueError, match="mode bidirectional has none"):
+        O.teacher_loss(model, x0, cond, "bidirectional", D.Schedule(), context_noise=0.5)
+
+
 def test_self_rollout_keeps_gradients_only_through_the_exit_step():
     gen = tiny().train()
     x0, cond = batch(gen, b=1)
@@ -145,6 +200,47 @@ def test_self_rollout_keeps_gradients_only_through_the_exit_step():
             gen.commit_chunk(x0_chunk, t_of(0.0), acts, cache)
             chunks.append(x0_chunk)
     assert (a - torch.cat(chunks, 2)).abs().max() < 1e-5
+
+
+def long_rollout_inputs(gen, context=2, frames=12, seed=4):
+    cfg = gen.config
+    g = torch.Generator().manual_seed(seed)
+    ctx = torch.randn(1, cfg.latent_channels, context, cfg.latent_height, cfg.latent_width, generator=g)
+    noise = torch.randn(1, cfg.latent_channels, frames, cfg.latent_height, cfg.latent_width, generator=g)
+    actions = torch.zeros(1, context + frames, cfg.action_dim + 1)
+    actions[0, torch.arange(context + frames), torch.randint(0, cfg.action_dim, (context + frames,), generator=g)] = 1.0
+    actions[..., -1] = 1.0
+    return ctx, noise, O.Conditioning(torch.randn(1, cfg.text_len, cfg.text_dim, generator=g), actions)
+
+
+def test_long_self_rollout_scores_the_end_of_the_played_rollout():
+    gen = tiny().train()
+    sigmas = D.warped_sigmas([1000, 750, 500, 250], 5.0)
+    context, noise, cond = long_rollout_inputs(gen)  # 2 context + 12 frames: the 6-frame window rolls (sink 1)
+    # with the full sampler as exit step, the window is the last frames of the whole rollout, played as at inference
+    torch.manual_seed(3)
+    with torch.no_grad():
+        whole = O.self_rollout(gen, noise, cond, sigmas, exit_index=3, context=context, sink_frames=1)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        window = O.self_rollout(gen, noise, cond, sigmas, exit_index=3, context=context, window=4, sink_frames=1)
+    assert whole.shape[2] == 12 and window.shape[2] == 4
+    assert (window - whole[:, :, -4:]).abs().max() < 1e-5
+    # the history matters: another recorded start, or another action early on, changes the window
+    torch.manual_seed(3)
+    with torch.no_grad():
+        other = O.self_rollout(gen, noise, cond, sigmas, exit_index=3, context=-context, window=4, sink_frames=1)
+    assert (other - window).abs().max() > 1e-3
+    # gradients reach the generator through the window's exit step only
+    torch.manual_seed(3)
+    out = O.self_rollout(gen, noise, cond, sigmas, exit_index=1, context=context, window=4, sink_frames=1)
+    assert out.shape[2] == 4 and out.requires_grad
+    out.sum().backward()
+    assert gen.head.head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="multiples of the chunk"):
+        O.self_rollout(gen, noise, cond, sigmas, exit_index=1, context=context, window=3)
+    with pytest.raises(ValueError, match="within the 12 generated frames"):
+        O.self_rollout(gen, noise, cond, sigmas, exit_index=1, context=context, window=14)
 
 
 def test_dmd_gradient_vanishes_when_fake_equals_real_and_critic_learns():

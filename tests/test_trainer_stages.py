@@ -44,8 +44,8 @@ def chain(tmp_path_factory):
     return root, str(ae_path), str(latents)
 
 
-def train(root: Path, stage: dict, steps=2, **loop_kw) -> Path:
-    run_dir = root / f"{stage['name']}-{stage.get('mode', stage.get('teacher_kind', ''))}"
+def train(root: Path, stage: dict, steps=2, folder: str = "", **loop_kw) -> Path:
+    run_dir = root / (folder or f"{stage['name']}-{stage.get('mode', stage.get('teacher_kind', ''))}")
     run({"run_dir": str(run_dir), "loop": loop(steps, **loop_kw), "model": TINY, "stage": stage})
     world_file = run_dir / "world.safetensors"
     assert world_file.is_file()
@@ -74,6 +74,25 @@ def test_the_whole_chain_runs_and_each_stage_loads_the_previous(chain):
     obs, _ = env.reset(seed=0)
     obs, *_ = env.step(2)
     assert obs.shape == (2, 32, 32, 3) and obs.dtype == np.uint8
+    # long rollouts: 2 recorded frames, then up to 12 generated (the cache rolls), the last 8 scored
+    long = train(root, {"name": "dmd", "generator": str(ode), "real": str(bidir), "latents": latents, "critic_updates": 1,
+                        "rollout_frames": 12, "context_frames": 2, "ema_decay": 0.0,
+                        "generator_optimizer": {"lr": 1e-3, "betas": [0.0, 0.999]}}, steps=2, folder="dmd-long")
+    before, after = World.load(ode).model.state_dict(), World.load(long).model.state_dict()
+    assert max(float((before[k] - after[k]).abs().max()) for k in before) > 0  # the generator learned from it
+    with pytest.raises(ValueError, match="stage.rollout_frames must be 0 or a multiple of the chunk"):
+        train(root, {"name": "dmd", "generator": str(ode), "real": str(bidir), "latents": latents, "rollout_frames": 6},
+              folder="dmd-bad")
+    # GameNGen's context noise: on teacher forcing's and the causal ODE's clean history only
+    noisy = train(root, {"name": "ode", "teacher": str(causal), "latents": latents, "num_clips": 2, "generate_batch": 2,
+                         "ode_steps": 8, "guidance": 2.0, "context_noise": 0.3}, folder="ode-noise")
+    assert World.load(noisy).info["config"]["context_noise"] == 0.3
+    with pytest.raises(ValueError, match="only with mode=teacher_forcing"):
+        train(root, {"name": "teacher", "mode": "bidirectional", "latents": latents, "autoencoder": ae, "context_noise": 0.3},
+              folder="teacher-bad")
+    with pytest.raises(ValueError, match="only with teacher_kind=causal"):
+        train(root, {"name": "ode", "teacher": str(bidir), "teacher_kind": "bidirectional", "latents": latents,
+                     "context_noise": 0.3}, folder="ode-bad")
 
 
 def test_teacher_loss_falls_on_one_batch_through_the_loop(chain):

@@ -51,6 +51,18 @@ def drop_conditioning(cond: Conditioning, p_text: float, p_action: float) -> Con
     return Conditioning(text, actions)
 
 
+def corrupt_history(clean: torch.Tensor, context_noise: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """GameNGen's context augmentation: the clean history (B, C, F, h, w) noised to a level drawn uniformly
+    in [0, context_noise] per clip, and that level as the history's timesteps (B, F); unchanged (and no
+    timesteps: t = 0) when context_noise is 0. A model trained on it learns to make the next frame from a
+    history that is a little off, as its own is when it is played."""
+    if context_noise <= 0:
+        return clean, None
+    b, f = clean.shape[0], clean.shape[2]
+    level = (torch.rand(b, 1, device=clean.device) * context_noise).expand(b, f)
+    return D.add_noise(clean, torch.randn_like(clean), level), D.sigma_to_t(level)
+
+
 def chunk_sigmas(batch: int, frames: int, frames_per_chunk: int, schedule: D.Schedule, device,
                  uniform: bool = False) -> torch.Tensor:
     """sigma (B, F) drawn on the schedule's training grid: one per chunk (or one per clip if `uniform`)."""
@@ -71,16 +83,20 @@ def _x0(model_v: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.
 
 
 def teacher_loss(model: CausalDiT, x0: torch.Tensor, cond: Conditioning, mode: str, schedule: D.Schedule,
-                 token_weight: torch.Tensor | None = None, draw: D.Schedule | None = None) -> tuple[torch.Tensor, dict]:
+                 token_weight: torch.Tensor | None = None, draw: D.Schedule | None = None,
+                 context_noise: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Bell-weighted v-MSE of the world model in one of three attention layouts.
 
     teacher_forcing: clean + noisy copies, per-chunk t, each chunk sees the clean history (the AR teacher);
     diffusion_forcing: block-causal over the noisy clip, per-chunk t (noisy history);
     bidirectional: full attention, one t per clip (real score, critic initialisation, SF teacher).
     `draw` (default `schedule`) is the schedule whose grid sigma is drawn from; the loss weight is `schedule`'s.
+    `context_noise` (teacher_forcing only): the clean history is corrupted (`corrupt_history`).
     """
     if mode not in TEACHER_MODES:
         raise ValueError(f"teacher mode must be one of {TEACHER_MODES}, got {mode!r}")
+    if context_noise > 0 and mode != "teacher_forcing":
+        raise ValueError(f"context_noise corrupts the clean history of teacher forcing; mode {mode} has none")
     b, _, f = x0.shape[:3]
     sigma = chunk_sigmas(b, f, model.config.frames_per_chunk, schedule if draw is None else draw, x0.device,
                          uniform=mode == "bidirectional")
@@ -88,7 +104,8 @@ def teacher_loss(model: CausalDiT, x0: torch.Tensor, cond: Conditioning, mode: s
     x_t = D.add_noise(x0, noise, sigma)
     t = D.sigma_to_t(sigma)
     if mode == "teacher_forcing":
-        v = model.forward_teacher_forcing(x0, x_t, t, cond.text, cond.actions)
+        history, history_t = corrupt_history(x0, context_noise)
+        v = model.forward_teacher_forcing(history, x_t, t, cond.text, cond.actions, clean_t=history_t)
     elif mode == "diffusion_forcing":
         v = model.forward_causal(x_t, t, cond.text, cond.actions)
     else:
@@ -161,12 +178,16 @@ def bidirectional_ode_pairs(teacher: CausalDiT, x0: torch.Tensor, cond: Conditio
 
 
 def ode_regression_loss(student: CausalDiT, states: torch.Tensor, endpoint: torch.Tensor, clean: torch.Tensor,
-                        cond: Conditioning, student_sigmas: torch.Tensor, causal: bool = True) -> tuple[torch.Tensor, dict]:
+                        cond: Conditioning, student_sigmas: torch.Tensor, causal: bool = True,
+                        context_noise: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Regress the student's x0 at a stored ODE state onto the teacher's endpoint.
 
     causal (Causal Forcing): one state index shared by all frames, clean ground-truth context through
     the teacher-forcing layout. Otherwise (Self Forcing's ODE init): an index per chunk and the noisy
     states themselves as context (block-causal), no clean copy.
+
+    context_noise (causal only): the ground-truth history is corrupted (`corrupt_history`) while the
+    target stays the teacher's endpoint from the clean history.
     """
     b, s = states.shape[:2]
     f = states.shape[3]
@@ -181,8 +202,11 @@ def ode_regression_loss(student: CausalDiT, states: torch.Tensor, endpoint: torc
     sigma = sig[index]  # (B, F)
     t = D.sigma_to_t(sigma)
     if causal:
-        v = student.forward_teacher_forcing(clean, x_t, t, cond.text, cond.actions)
+        history, history_t = corrupt_history(clean, context_noise)
+        v = student.forward_teacher_forcing(history, x_t, t, cond.text, cond.actions, clean_t=history_t)
     else:
+        if context_noise > 0:
+            raise ValueError("context_noise corrupts the clean history of causal ODE pairs; bidirectional pairs have none")
         v = student.forward_causal(x_t, t, cond.text, cond.actions)
     loss = F.mse_loss(_x0(v, x_t, sigma).float(), endpoint.float())
     return loss, {"loss": loss.detach()}
@@ -229,23 +253,45 @@ def _prompt_cache(model: CausalDiT, text: torch.Tensor, sink_frames: int = 0) ->
 
 
 def self_rollout(generator: CausalDiT, noise: torch.Tensor, cond: Conditioning, sigmas: torch.Tensor,
-                 exit_index: int) -> torch.Tensor:
+                 exit_index: int, *, context: torch.Tensor | None = None, window: int | None = None,
+                 sink_frames: int = 0) -> torch.Tensor:
     """The student generates a clip chunk by chunk with its own KV cache (Self Forcing).
 
     Each chunk runs the few-step sampler up to `exit_index`; only that pass keeps gradients, and its
     x0 is the chunk's output; the output is re-run at t = 0 without gradients to write the cache.
+
+    A long rollout (Self Forcing++'s windows), as a world is played: `context` (B, C, K, h, w) real clean
+    latents are committed first, as a world starts from recorded frames; then the student generates all
+    of `noise`'s frames, the cache rolling past its window (keeping `sink_frames`), and only the last
+    `window` frames are returned, sampled as above. The frames before them are sampled like at inference
+    (every step of the sampler, no gradients): the history the window is generated against is the
+    student's own. `cond` covers the context and the generated frames (actions (B, K + F, A + 1)).
     """
     f = noise.shape[2]
     fc = generator.config.frames_per_chunk
-    sampler = FewStepSampler(tuple(float(s) for s in sigmas)).truncated(exit_index)
+    k = 0 if context is None else context.shape[2]
+    window = f if window is None else window
+    if k % fc or window % fc or not 0 < window <= f:
+        raise ValueError(f"context ({k}) and window ({window}) must be multiples of the chunk ({fc}), "
+                         f"the window within the {f} generated frames")
+    full = FewStepSampler(tuple(float(s) for s in sigmas))
+    sampler = full.truncated(exit_index)
     with torch.no_grad():
-        cache = _prompt_cache(generator, cond.text)
+        cache = _prompt_cache(generator, cond.text, sink_frames)
+        for start in range(0, k, fc):
+            zero = torch.zeros(noise.shape[0], fc, device=noise.device)
+            generator.commit_chunk(context[:, :, start : start + fc].to(noise.dtype), zero, cond.chunk(start, start + fc), cache)
     chunks = []
     for start in range(0, f, fc):
         stop = min(start + fc, f)
         x = noise[:, :, start:stop]
-        chunks.append(stream_chunk(generator, cache, cond.chunk(start, stop), sampler, lambda: torch.randn_like(x),
-                                   x=x, grad_last_only=True))
+        actions = cond.chunk(k + start, k + stop)
+        if start < f - window:  # history before the window: the world as it is played
+            with torch.no_grad():
+                stream_chunk(generator, cache, actions, full, lambda: torch.randn_like(x), x=x)
+            continue
+        chunks.append(stream_chunk(generator, cache, actions, sampler, lambda: torch.randn_like(x), x=x,
+                                   grad_last_only=True))
     return torch.cat(chunks, dim=2)
 
 

@@ -6,6 +6,12 @@ action sequences (no video is used); one exit step per iteration keeps gradients
 a frozen bidirectional teacher with CFG; the critic (fake score) starts as a copy of it and learns
 the generator's distribution by flow matching on its samples, 5 critic updates per generator update.
 The generator's EMA is the world written at the end.
+
+Long rollouts (`rollout_frames` > the clip; Self Forcing++'s windows): a student trained only on
+clips as long as the real score's drifts once its cache holds nothing but its own frames. With
+`rollout_frames`, each step starts from `context_frames` recorded frames (as a played world starts),
+rolls out a random number of chunks up to `rollout_frames` as at inference, the cache rolling, and
+the real score and the critic see the last clip-length window of it.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ class DmdStageConfig:
     critic_updates: int = 5  # critic updates per generator update (dfake_gen_update_ratio)
     ema_decay: float = 0.99
     ema_start_step: int = 200
+    rollout_frames: int = 0  # frames rolled out per step (at most; drawn per step); 0: one clip
+    context_frames: int = 0  # recorded frames committed before each rollout (a world's start)
     generator_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
         lr=2e-5, betas=(0.0, 0.999), weight_decay=0.01, grad_clip=10.0))
     critic_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
@@ -64,7 +72,15 @@ class DmdStage(Stage):
                              f"{gen_world.spec.schedule} vs {real_world.spec.schedule}")
         self.schedule = self.spec.schedule
         self.sigmas = self.schedule.student_sigmas().to(ctx.device)
-        self.data = worlds.open_latent_clips(config.latents, self.generator.config.latent_frames_max)
+        self.window = self.generator.config.latent_frames_max
+        fc = self.generator.config.frames_per_chunk
+        self.rollout_frames = config.rollout_frames or self.window
+        if self.rollout_frames < self.window or self.rollout_frames % fc or config.context_frames % fc or config.context_frames < 0:
+            raise ValueError(f"stage.rollout_frames must be 0 or a multiple of the chunk ({fc}) of at least the clip "
+                             f"({self.window}), stage.context_frames a multiple of the chunk; got {config.rollout_frames}, "
+                             f"{config.context_frames}")
+        self.sink_frames = self.spec.sink_frames  # the world's, once a rollout rolls past the window
+        self.data = worlds.open_latent_clips(config.latents, config.context_frames + self.rollout_frames)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": self.generator, "critic": self.critic}
@@ -93,13 +109,20 @@ class DmdStage(Stage):
 
     def _rollout(self, batch, grad: bool) -> tuple[torch.Tensor, Conditioning]:
         x0, gen_cond = worlds.clip_batch(batch, self.gen_text, self.ctx.device)
-        # One exit step for all ranks, rank 0's (Self Forcing broadcasts it too): every rank then runs
-        # the same number of generator passes, which FSDP's per-block all-gathers require. Every rank
-        # still draws, so each rank's RNG stream does not depend on its rank.
+        # One exit step (and rollout length) for all ranks, rank 0's (Self Forcing broadcasts it too):
+        # every rank then runs the same number of generator passes, which FSDP's per-block all-gathers
+        # require. Every rank still draws, so each rank's RNG stream does not depend on its rank.
         exit_index = distributed.broadcast_int(int(torch.randint(0, len(self.sigmas), (1,))))
+        k, fc = self.config.context_frames, self.generator.config.frames_per_chunk
+        extra = (self.rollout_frames - self.window) // fc
+        frames = self.window + fc * distributed.broadcast_int(int(torch.randint(0, extra + 1, (1,)))) if extra else self.window
+        context, cond = x0[:, :, :k], Conditioning(gen_cond.text, gen_cond.actions[:, : k + frames])
+        noise = torch.randn_like(x0[:, :, :frames])
         with torch.set_grad_enabled(grad):
-            x = self_rollout(self.generator, torch.randn_like(x0), gen_cond, self.sigmas, exit_index)
-        real_cond = Conditioning(self.real_text.encode(list(batch["prompt"])), gen_cond.actions)
+            x = self_rollout(self.generator, noise, cond, self.sigmas, exit_index, context=context if k else None,
+                             window=self.window, sink_frames=self.sink_frames)
+        actions = cond.actions[:, k + frames - self.window :]
+        real_cond = Conditioning(self.real_text.encode(list(batch["prompt"])), actions)
         return x, real_cond
 
     def generator_loss(self, batch, step: int):

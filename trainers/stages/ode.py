@@ -48,6 +48,7 @@ class OdeStageConfig:
     generate_batch: int = 8
     ode_steps: int = 48
     guidance: float = 6.0  # the paper's default CFG for trajectory generation
+    context_noise: float = 0.0  # causal: corrupt the clean history with noise up to this level (GameNGen)
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
         lr=1e-4, betas=(0.9, 0.999), weight_decay=0.01, grad_clip=1.0, warmup_steps=50, decay="constant"))
     ema_decay: float = 0.99
@@ -84,6 +85,9 @@ class OdeStage(Stage):
     def __init__(self, config: OdeStageConfig, model: ModelChoice, ctx: RunContext):
         if config.teacher_kind not in TEACHER_KINDS:
             raise ValueError(f"stage.teacher_kind must be one of {TEACHER_KINDS}, got {config.teacher_kind!r}")
+        if config.context_noise < 0 or (config.context_noise and config.teacher_kind != "causal"):
+            raise ValueError(f"stage.context_noise must be >= 0, and > 0 only with teacher_kind=causal (the clean "
+                             f"history it corrupts); got {config.context_noise} with teacher_kind={config.teacher_kind}")
         self.config, self.ctx = config, ctx
         teacher_world = worlds.load_world(config.teacher, "a teacher (stage.teacher=.../world.safetensors)")
         self.spec, self.autoencoder, self.text_encoder = teacher_world.spec, teacher_world.autoencoder, teacher_world.text_encoder
@@ -139,7 +143,8 @@ class OdeStage(Stage):
         device = self.ctx.device
         cond = Conditioning(self.text_encoder.encode(list(batch["prompt"])), batch["actions"].to(device))
         return ode_regression_loss(self.student, batch["states"].to(device), batch["endpoint"].to(device),
-                                   batch["clean"].to(device), cond, self.sigmas, causal=self.config.teacher_kind == "causal")
+                                   batch["clean"].to(device), cond, self.sigmas, causal=self.config.teacher_kind == "causal",
+                                   context_noise=self.config.context_noise)
 
     def collate(self, items: list):
         out = {k: torch.stack([it[k] for it in items]) for k in ("states", "endpoint", "clean", "actions")}

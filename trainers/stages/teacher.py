@@ -56,6 +56,9 @@ class TeacherStageConfig:
     # more of the draws at high noise, where a chunk is predicted from its history (the dynamics); the
     # loss weight and the world's samplers keep the world's schedule.
     draw_shift: float = 0.0
+    # teacher_forcing: the clean history corrupted with noise up to this level, given as its timestep
+    # (GameNGen's context augmentation, against the drift of long rollouts); 0: clean history
+    context_noise: float = 0.0
     timestep_shift: float = 0.0  # 0: the preset's (or the initial world's) schedule; else written into the world's
     ema_decay: float = 0.999
     # A recorded dataset of the same game: each eval (loop.eval_every) runs the learnability probe
@@ -96,6 +99,9 @@ class TeacherStage(Stage):
         if config.timestep_shift:
             self.spec = replace(self.spec, timestep_shift=config.timestep_shift)
         self.schedule = self.spec.schedule  # trained on the grid the world will sample on
+        if config.context_noise < 0 or (config.context_noise and config.mode != "teacher_forcing"):
+            raise ValueError(f"stage.context_noise must be >= 0, and > 0 only with mode=teacher_forcing; got "
+                             f"{config.context_noise} with mode={config.mode}")
         if config.draw_shift < 0:
             raise ValueError(f"stage.draw_shift must be >= 0 (0: the world's shift), got {config.draw_shift}")
         self.draw_schedule = replace(self.schedule, shift=config.draw_shift) if config.draw_shift else self.schedule
@@ -134,7 +140,8 @@ class TeacherStage(Stage):
         motion = worlds.motion_weight(x0, self.config.motion_weight)
         if motion is not None:
             weight = motion if weight is None else weight + motion - 1.0
-        return teacher_loss(self.model, x0, cond, self.config.mode, self.schedule, weight, draw=self.draw_schedule)
+        return teacher_loss(self.model, x0, cond, self.config.mode, self.schedule, weight, draw=self.draw_schedule,
+                            context_noise=self.config.context_noise)
 
     def evaluate(self, step: int, weights: Mapping[str, nn.Module]) -> dict[str, float]:
         if self.probe_clips is None:

@@ -354,17 +354,18 @@ class CausalDiT(nn.Module):
         mask = block_causal_mask(x.shape[2], cfg.frames_per_chunk, cfg.tokens_per_frame, x.device)
         return self._sequence(x, t, text, actions, mask)
 
-    def forward_teacher_forcing(self, clean, noisy, t, text, actions=None) -> torch.Tensor:
+    def forward_teacher_forcing(self, clean, noisy, t, text, actions=None, clean_t=None) -> torch.Tensor:
         """Teacher forcing (Causal Forcing stage 1): v for the noisy copy, each chunk seeing clean history.
 
-        clean, noisy: (B, C, F, H, W); t: (B, F) timesteps of the noisy copy (the clean copy has t = 0).
+        clean, noisy: (B, C, F, H, W); t: (B, F) timesteps of the noisy copy (the clean copy has t = 0, or
+        `clean_t` (B, F): a history corrupted with noise of that level, GameNGen's context augmentation).
         """
         self._check(noisy, t)
         cfg = self.config
         b, _, f = noisy.shape[:3]
         if f > cfg.latent_frames_max:
             raise ValueError(f"clip of {f} latent frames exceeds the trained length {cfg.latent_frames_max}")
-        both_t = torch.cat([torch.zeros_like(t), t], dim=1)  # (B, 2F)
+        both_t = torch.cat([torch.zeros_like(t) if clean_t is None else clean_t.to(t), t], dim=1)  # (B, 2F)
         both_actions = None if actions is None else torch.cat([actions, actions], dim=1)
         e, e0 = self._conditioning(both_t, both_actions)
         positions = torch.arange(f, device=noisy.device)
