@@ -187,3 +187,46 @@ def test_a_view_of_neighbouring_slots_steps_them_in_place():
     torch.testing.assert_close(state.cache.keys[0][1:3, :n], whole.cache.keys[0][1:3, :n], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="view"):
         state.cache.absorb(0, part.cache)
+
+
+def test_a_world_with_context_noise_commits_its_history_noised_to_that_level(tmp_path):
+    """WorldSpec.context_noise: every committed chunk (generated or real context) is noised with the
+    session's own noise draws and committed under that timestep; 0 keeps the clean history."""
+    from dataclasses import replace
+
+    world = _world()
+    world.spec = replace(world.spec, context_noise=0.25)
+    mc = world.model.config
+    context = np.random.default_rng(0).integers(0, 255, (mc.frames_per_chunk, 32, 32, 3), dtype=np.uint8)
+    _, state = world.init_state(1, seeds=[3], contexts=[context])
+    # the reference: the same history committed by hand, noised with the generator's draws
+    g = torch.Generator().manual_seed(3)
+    cache = KVCache.empty(mc, 1, world.spec.sink_frames)
+    with torch.inference_mode():
+        world.model.set_prompt(cache, 0, world.text_encoder.encode([world.spec.default_prompt]))
+        latents = world.codec.encode_video(torch.from_numpy(context))
+        noisy = D.add_noise(latents, torch.randn(latents.shape[1:], generator=g)[None], 0.25)
+        t = torch.full((1, mc.frames_per_chunk), 250.0)
+        world.model.commit_chunk(noisy, t, world.no_action_features(1), cache)
+    assert torch.allclose(cache.keys[0][:, : cache.lengths[0] * mc.tokens_per_frame],
+                          state.cache.keys[0][:, : state.cache.lengths[0] * mc.tokens_per_frame], atol=1e-5)
+    # a generated chunk: stream_chunk's commit draws one more chunk of noise after the sampler's
+    features = world.frame_action_features([[2, 2]])
+    noise = lambda: torch.randn(1, *latents.shape[1:], generator=g)  # noqa: E731
+    with torch.inference_mode():
+        x0 = stream_chunk(world.model, cache, features, world.sampler, noise, commit_noise=0.25)
+    result = world.step_features(state, features)
+    assert torch.allclose(x0, result.latents, atol=1e-5)
+    assert torch.allclose(cache.keys[0], state.cache.keys[0], atol=1e-5) and cache.lengths == state.cache.lengths
+    # the level is part of the world: saved and loaded, and it changes what the world makes
+    world.save(tmp_path / "noisy.safetensors")
+    assert World.load(tmp_path / "noisy.safetensors").spec.context_noise == 0.25
+    clean = replace(world.spec, context_noise=0.0)
+    frames = []
+    for spec in (world.spec, clean):
+        world.spec = spec
+        _, s = world.init_state(1, seeds=[3], contexts=[context])
+        frames.append(world.step_features(s, features).latents)
+    assert (frames[0] - frames[1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"context_noise must be in \[0, 1\)"):
+        replace(world.spec, context_noise=1.0)

@@ -120,12 +120,15 @@ def test_recipe_command_writes_a_world(chain, tmp_path):
     root, ae, _ = chain
     out = tmp_path / "recipe"
     cmd = [sys.executable, "-m", "trainers.recipe", "--data", str(root / "pong"), "--out", str(out), "--preset", "tiny",
-           "--scale", "0.0005", "--batch-size", "2", "--ode-clips", "2", "--autoencoder", ae]
+           "--scale", "0.0005", "--batch-size", "2", "--ode-clips", "2", "--autoencoder", ae, "--ode-guidance", "3",
+           "--context-noise", "0.2"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     world = World.load(out / "world.safetensors")
     assert world.info["stage"] == "dmd"
     assert world.step(3).shape == (2, 32, 32, 3)
+    ode = World.load(out / "ode-causal" / "world.safetensors").info["config"]
+    assert (ode["guidance"], ode["context_noise"]) == (3.0, 0.2)  # the flags reach the causal ODE stage
 
 
 def test_world_stages_run_from_the_command_line_with_their_yaml(chain, tmp_path):

@@ -52,6 +52,8 @@ class Recipe:
     ode_clips: int
     autoencoder: str | None
     precision: str = "auto"
+    ode_guidance: float = 6.0  # CFG of the causal ODE trajectories (the paper's 6)
+    context_noise: float = 0.0  # GameNGen's noise on the causal ODE student's clean history
 
     def world(self, folder: str) -> str:
         return str(self.out / folder / "world.safetensors")
@@ -133,11 +135,12 @@ def chain(recipe: Recipe, latents: str, ae_file: str) -> list[Step]:
     """The main chain, then the paper's comparisons (`ablation=True`), in an order that respects `needs`."""
     teacher = {"name": "teacher", "latents": latents, "autoencoder": ae_file}
     ode = {"name": "ode", "latents": latents, "num_clips": recipe.ode_clips}
+    causal_ode = {**ode, "guidance": recipe.ode_guidance, "context_noise": recipe.context_noise}
     dmd = {"name": "dmd", "latents": latents, "real": recipe.world("teacher-bidirectional")}
     return [
         Step("teacher-causal", {**teacher, "mode": "teacher_forcing"}, "teacher"),
         Step("teacher-bidirectional", {**teacher, "mode": "bidirectional"}, "teacher-bidirectional"),
-        Step("ode-causal", {**ode, "teacher": recipe.world("teacher-causal")}, "ode", needs=("teacher-causal",)),
+        Step("ode-causal", {**causal_ode, "teacher": recipe.world("teacher-causal")}, "ode", needs=("teacher-causal",)),
         Step("dmd-causal-forcing", {**dmd, "generator": recipe.world("ode-causal")}, "dmd", 4,
              needs=("ode-causal", "teacher-bidirectional")),
         Step("teacher-diffusion-forcing", {**teacher, "mode": "diffusion_forcing"}, "teacher", ablation=True),
@@ -184,6 +187,10 @@ def _main(argv: list[str]) -> int:
                         help="auto: bf16 autocast on a GPU, fp32 on a CPU; fastest: bf16 also on a CPU with native bf16 "
                              "(1.4x faster there; an AVX2-only CPU emulates bf16, 20x slower)")
     parser.add_argument("--ode-clips", type=int, default=256, help="clips of teacher trajectories to generate")
+    parser.add_argument("--ode-guidance", type=float, default=6.0,
+                        help="CFG of the causal ODE trajectories (the paper's 6; 3 drifted less in Pong's 64-frame replays)")
+    parser.add_argument("--context-noise", type=float, default=0.0,
+                        help="noise up to this level on the causal ODE student's clean history (GameNGen's augmentation)")
     parser.add_argument("--autoencoder", default=None, help="use this trained autoencoder instead of training one")
     parser.add_argument("--ablation", action="store_true", help="also train the paper's comparisons")
     parser.add_argument("--only", default="", help="comma-separated run folders to train now (e.g. to split the "
@@ -194,7 +201,7 @@ def _main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipe = Recipe(args.data, Path(args.out), args.preset, args.scale, args.batch_size, args.threads, args.ode_clips,
-                    args.autoencoder, args.precision)
+                    args.autoencoder, args.precision, args.ode_guidance, args.context_noise)
     known = [s.folder for s in chain(recipe, "", "")]
     only = [f for f in args.only.split(",") if f]
     unknown = sorted(set(only) - set(known + [REWARD]))
@@ -234,7 +241,8 @@ def _main(argv: list[str]) -> int:
     if Path(source).is_file():
         shutil.copyfile(source, final)
     summary = {"world": str(final), "data": recipe.data, "preset": recipe.preset, "scale": recipe.scale,
-               "precision": recipe.precision, "ode_clips": recipe.ode_clips, "autoencoder": str(ae_file),
+               "precision": recipe.precision, "ode_clips": recipe.ode_clips,
+               "ode_guidance": recipe.ode_guidance, "context_noise": recipe.context_noise, "autoencoder": str(ae_file),
                "stages": {k: recipe.steps(k) for k in STEPS
                           if not (k == "autoencoder" and recipe.autoencoder) and not (k == "reward" and not with_reward)},
                "reward_model": with_reward,

@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,9 +121,11 @@ def export_world(world: str | Path, name: str, out: str | Path | None = None, st
                  summary: str | Path | None = None, eval_results: str | Path | None = None,
                  starts_from: str | None = None, starts: int = 8, start_frames: int = 0,
                  check_steps: int = 16, seed: int = 0, reward_from: str | Path | None = None,
-                 decoder_from: str | Path | None = None) -> ExportResult:
+                 decoder_from: str | Path | None = None, context_noise: float | None = None) -> ExportResult:
     """Write `world` compactly to `out` (default: the package's shipped worlds folder, as `name`) with
-    its training summary and evaluation attached, plus `<out stem>.json`; then reload and check it."""
+    its training summary and evaluation attached, plus `<out stem>.json`; then reload and check it.
+    `context_noise`: the noise level the world commits its history at (`WorldSpec.context_noise`; for a
+    world trained with stage.context_noise), None: the world's own."""
     from worldsdk.world import SHIPPED_WORLDS_DIR, World
 
     source = Path(world)
@@ -135,6 +137,9 @@ def export_world(world: str | Path, name: str, out: str | Path | None = None, st
             original.autoencoder.config.temporal_stride)
         attach_start_bank(original, starts_from, starts, frames, seed)
         info["start_bank"] = {"dataset": str(starts_from), "starts": starts, "frames": frames}
+    if context_noise is not None:
+        original.spec = replace(original.spec, context_noise=context_noise)
+        info["context_noise"] = context_noise
     if decoder_from:
         swap_decoder(original, decoder_from)
         info["decoder_from"] = str(decoder_from)
@@ -193,6 +198,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "run's world.safetensors; same autoencoder)")
     parser.add_argument("--decoder-from", default=None, help="autoencoder file whose decoder the world draws with (a "
                         "decoder-only fine-tune of the world's autoencoder: stage=autoencoder stage.train_encoder=false)")
+    parser.add_argument("--context-noise", type=float, default=None,
+                        help="noise level the world commits its history at, for a world trained with stage.context_noise "
+                             "(default: the world's own, 0 for others)")
     parser.add_argument("--check-steps", type=int, default=16, help="steps of the fidelity check rollout")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output file (default: worldsdk/worlds/<name>.safetensors)")
@@ -207,7 +215,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         result = export_world(args.world, args.name, args.out, args.storage, args.summary, args.eval, args.starts_from,
                               args.starts, args.start_frames, args.check_steps, args.seed, args.reward_from,
-                              args.decoder_from)
+                              args.decoder_from, args.context_noise)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:  # CheckpointError is a ValueError
         print(f"worldsdk export: {exc}", file=sys.stderr)
         return 1

@@ -119,7 +119,7 @@ def stream_chunk(model, cache: KVCache, actions: torch.Tensor | None, sampler: S
                  noise: Callable[[], torch.Tensor], *, x: torch.Tensor | None = None,
                  uncond: tuple[KVCache, torch.Tensor | None] | None = None, commit: bool = True,
                  clean: torch.Tensor | None = None, callback: Callable[[dict], None] | None = None,
-                 grad_last_only: bool = False) -> torch.Tensor:
+                 grad_last_only: bool = False, commit_noise: float = 0.0) -> torch.Tensor:
     """Generate one chunk of every batch item against `cache` and commit it. Returns x0 (B, C, F, h, w).
 
     model: a `CausalDiT` (its `denoise_chunk` / `commit_chunk`); actions (B, F, A + 1) or None.
@@ -127,7 +127,9 @@ def stream_chunk(model, cache: KVCache, actions: torch.Tensor | None, sampler: S
     uncond: the unconditional branch of guidance, its own cache of the same history and its actions
     (zeros), required when `sampler.guidance != 1`. commit: append the clean chunk at t = 0 to the
     cache(s); `clean` commits given latents instead of the sample (teacher forcing with the ground
-    truth, the causal ODE pairs). The commit never keeps gradients.
+    truth, the causal ODE pairs). The commit never keeps gradients. commit_noise: the chunk is committed
+    noised to this level (with a fresh noise() draw) under that timestep, for a world trained with noise
+    on its history (`WorldSpec.context_noise`); 0: clean, at t = 0.
     """
     if sampler.guidance != 1.0 and uncond is None:
         raise ValueError(f"guidance {sampler.guidance:g} needs the unconditional branch (uncond=(cache, actions))")
@@ -144,9 +146,11 @@ def stream_chunk(model, cache: KVCache, actions: torch.Tensor | None, sampler: S
     x0 = sampler.sample(velocity, x, noise, callback, grad_last_only)
     if commit:
         out = (x0 if clean is None else clean).detach()
-        zero = chunk_timesteps(0.0, b, f, x.device)
+        if commit_noise > 0:
+            out = D.add_noise(out, noise().to(out), commit_noise)
+        level = chunk_timesteps(commit_noise, b, f, x.device)
         with torch.no_grad():
-            model.commit_chunk(out, zero, actions, cache)
+            model.commit_chunk(out, level, actions, cache)
             if uncond is not None and sampler.guidance != 1.0:
-                model.commit_chunk(out, zero, uncond[1], uncond[0])
+                model.commit_chunk(out, level, uncond[1], uncond[0])
     return x0

@@ -203,7 +203,15 @@ class WorldSpec:
     denoising_steps: tuple[float, ...] = PAPER_STEPS
     timestep_shift: float = PAPER_SHIFT  # read both through `schedule`
     sink_frames: int = 1
+    # The noise level of the history the world commits (its chunks and real context frames), under that
+    # timestep: for a world trained with noise on its history (stage.context_noise; GameNGen), where it
+    # keeps long rollouts from drifting. 0: a clean history at t = 0 (every other world).
+    context_noise: float = 0.0
     description: str = ""
+
+    def __post_init__(self):
+        if not 0.0 <= self.context_noise < 1.0:
+            raise ValueError(f"context_noise must be in [0, 1) (a noise level), got {self.context_noise}")
 
     @property
     def schedule(self):

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from worldsdk import checkpoint
+from worldsdk import diffusion as D
 from worldsdk.autoencoder import AutoencoderConfig, FrameAutoencoder
 from worldsdk.codec import VideoCodec, as_codec
 from worldsdk.config import MODEL_PRESETS, ModelConfig, WorldSpec
@@ -507,7 +508,8 @@ class World:
         if features is not None:
             features = features.to(self.device, torch.float32)
         uncond = None if state.uncond is None else (state.uncond, self.no_action_features(state.batch_size))
-        x0 = stream_chunk(self.model, state.cache, features, self.sampler_of(state), self._noise(state), uncond=uncond)
+        x0 = stream_chunk(self.model, state.cache, features, self.sampler_of(state), self._noise(state), uncond=uncond,
+                          commit_noise=self.spec.context_noise)
         for b in range(state.batch_size):
             state.steps[b] += 1
         rewards, terminated = self._predict_rewards(state, x0, features)
@@ -618,15 +620,18 @@ class World:
         cfg = self.model.config
         return None if not cfg.action_dim else torch.zeros(batch_size, cfg.frames_per_chunk, cfg.action_dim + 1, device=self.device)
 
-    def commit_history(self, latents: torch.Tensor, cache: KVCache, features: torch.Tensor | None = None) -> None:
-        """Append clean latents (B, C, F, h, w) to `cache` chunk by chunk (F a multiple of the chunk), under
-        their action features (B, F, action_dim + 1), or without action (None)."""
+    def commit_history(self, latents: torch.Tensor, cache: KVCache, features: torch.Tensor | None = None,
+                       level: float = 0.0) -> None:
+        """Append latents (B, C, F, h, w) to `cache` chunk by chunk (F a multiple of the chunk), under their
+        action features (B, F, action_dim + 1), or without action (None); at timestep `level`: 0 for clean
+        latents, the noise level of latents noised like `WorldSpec.context_noise` asks."""
         cfg = self.model.config
         null = self.no_action_features(latents.shape[0])
         for start in range(0, latents.shape[2], cfg.frames_per_chunk):
             x = latents[:, :, start : start + cfg.frames_per_chunk]
             chunk = null if features is None or null is None else features[:, start : start + cfg.frames_per_chunk]
-            self.model.commit_chunk(x, torch.zeros(x.shape[0], cfg.frames_per_chunk, device=self.device), chunk, cache)
+            self.model.commit_chunk(x, torch.full((x.shape[0], cfg.frames_per_chunk), D.sigma_to_t(level), device=self.device),
+                                    chunk, cache)
 
     def _commit_context(self, state: WorldState, context: np.ndarray, actions: Sequence[Any] | None = None) -> np.ndarray:
         """Encode real frames and commit them as clean history, under their actions (one per frame) or
@@ -655,9 +660,13 @@ class World:
         latents = self.codec.encode_video(torch.from_numpy(context).to(self.device))  # (1, C, F, h, w)
         if state.decoders[0] is not None:  # a causal decoder continues from the context's last frames
             self.codec.decode_chunk(latents, state.decoders)
-        self.commit_history(latents, state.cache, features)
+        history, level = latents, self.spec.context_noise
+        if level > 0:  # the history as the world was trained to read it, from the session's own generator
+            noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in state.generators]).to(latents)
+            history = D.add_noise(latents, noise, level)
+        self.commit_history(history, state.cache, features, level)
         if state.uncond is not None:  # the unconditional branch sees the same frames, without actions
-            self.commit_history(latents, state.uncond)
+            self.commit_history(history, state.uncond, level=level)
         self._predict_rewards(state, latents, features)  # the reward memory sees the context too
         return context[-chunk:].copy()
 
