@@ -52,13 +52,15 @@ def replays(world, store, episodes, sampler: Sampler, count: int, horizon: int) 
             break
         episode = store.read(record)
         frames, actions = episode.frames, np.asarray(episode.actions)
-        start = steady_start(episode, 200 + 37 * i, horizon, world.chunk_frames, context)
+        start = steady_start(episode, min(200 + 37 * i, (len(frames) - horizon) // 2), horizon, world.chunk_frames, context)
         if start is None:
             continue
         generated = replay(world, frames, actions, episode.frame_prompts(start, start + 1)[0], start, horizon, i, sampler)
         real = frames[start : start + horizon]
         scores.append([psnr(g, r) for g, r in zip(generated, real)])
         means.append([float(np.abs(g.mean() - r.mean())) for g, r in zip(generated, real)])
+    if not scores:
+        raise ValueError(f"no episode has {context + horizon} frames in one style for a replay; record longer episodes")
     return {"psnr": np.mean(scores, axis=0).tolist(), "mean_pixel_gap": np.mean(means, axis=0).tolist()}
 
 
