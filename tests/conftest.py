@@ -72,6 +72,16 @@ def tiny_world():
     return reactive_world()
 
 
+@pytest.fixture(scope="session")
+def pong_recording(tmp_path_factory):
+    """Four short episodes of real Pong at 64x64 (scripted player), recorded once per test run."""
+    from worldsdk.data.recorder import record
+
+    root = tmp_path_factory.mktemp("pong64")
+    record("ALE/Pong-v5", root, episodes=4, policy="scripted", max_steps=60, seed=0)
+    return root
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Back to one intra-op thread for a module (an earlier test may have raised it), restored after."""

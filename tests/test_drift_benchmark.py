@@ -5,7 +5,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 
 from worldsdk import World
 from worldsdk.data.store import EpisodeStore
@@ -29,15 +28,6 @@ def test_replays_start_where_the_recording_keeps_one_style():
     assert drift.steady_start(episode, 21, 16, 2, 6) == 36  # chunk-aligned
     assert drift.steady_start(episode, 8, 16, 2, 6) == 8  # 2..24 keep style 0
     assert drift.steady_start(SimpleNamespace(prompt_ids=[0, 1] * 20), 0, 16, 2, 6) is None
-
-
-@pytest.fixture(scope="module")
-def pong_recording(tmp_path_factory):
-    from worldsdk.data.recorder import record
-
-    root = tmp_path_factory.mktemp("pong64-drift")
-    record("ALE/Pong-v5", root, episodes=2, policy="scripted", max_steps=120, seed=3)
-    return root
 
 
 def test_rollout_figures_separate_the_recording_from_a_world_that_draws_noise(pong_recording):

@@ -112,15 +112,6 @@ def test_opposite_keys_test_passes_a_world_that_follows_keys_and_fails_one_that_
     assert follows["blind_pass_rate"] == 0.0 and follows["blind_separation_px"] == 0.0
 
 
-@pytest.fixture(scope="module")
-def pong_recording(tmp_path_factory):
-    from worldsdk.data.recorder import record
-
-    root = tmp_path_factory.mktemp("pong64")
-    record("ALE/Pong-v5", root, episodes=4, policy="scripted", max_steps=60, seed=0)
-    return root
-
-
 def test_every_eval_metric_separates_its_ceiling_from_its_action_blind_floor(pong_recording):
     # On real Pong frames and the shipped pong world's autoencoder, each metric must score the ceiling
     # control (real frames, or their reconstruction) clearly above the action-blind floor (the real clip
