@@ -3,6 +3,7 @@
 #
 #   nohup bash benchmarks/pong_long_run.sh phases > runs/pong3.log 2>&1 &     # the two-phase teacher
 #   nohup bash benchmarks/pong_long_run.sh map > runs/pong3-map.log 2>&1 &    # the one-phase teacher
+#   nohup bash benchmarks/pong_long_run.sh local > runs/pong3-local.log 2>&1 &  # + the convolutional local path
 #   nohup bash benchmarks/pong_long_run.sh decoders > runs/pong3-dec.log 2>&1 &
 #
 # Every part first makes what it needs (the recordings and the autoencoder, about 30 min on a new
@@ -13,6 +14,9 @@
 #   map       one phase: the action map and the shift-3 draws from step 0 (runs/pong3/teacher-map); the clean
 #             history noised up to CONTEXT_NOISE (default 0.3; GameNGen's augmentation against the drift of
 #             long rollouts): session 7 switched it on at step 8,257, resuming the run with the changed config
+#   local     the one-phase teacher at step LOCAL_FROM (default 10,600; made first if missing) grown with the
+#             convolutional local path (ModelConfig.local_channels = LOCAL_CHANNELS, default 64) and trained on with
+#             the same settings (runs/pong3/teacher-local; session 8: the ball from history)
 #   decoders  the autoencoder's decoder alone, fine-tuned in six rounds (the latents stay the same;
 #             docs/training.md, "Fine-tuning only the decoder"); a world gets it with
 #             `worldsdk export --decoder-from runs/pong3/decoder6/autoencoder.safetensors`
@@ -33,7 +37,9 @@ AMAP_STEPS=${AMAP_STEPS:-30000}
 MODEL=${MODEL:-small-ctx}
 CONTEXT_NOISE=${CONTEXT_NOISE:-0.3}
 export OMP_NUM_THREADS=1
-case "$PART" in phases|map|decoders) ;; *) echo "usage: $0 [phases|map|decoders]" >&2; exit 2;; esac
+LOCAL_FROM=${LOCAL_FROM:-10600}
+LOCAL_CHANNELS=${LOCAL_CHANNELS:-64}
+case "$PART" in phases|map|local|decoders) ;; *) echo "usage: $0 [phases|map|local|decoders]" >&2; exit 2;; esac
 mkdir -p "$RUN"
 
 if [ ! -f data/pong/index.json ]; then
@@ -75,9 +81,22 @@ COMMON=(stage.latents="$RUN/latents" stage.probe_data=data/pong stage.probe_clip
   loop.log_every=20 loop.progress=false)
 
 export OMP_NUM_THREADS=$TEACHER_THREADS
-if [ "$PART" = map ]; then
+map_teacher() {  # the one-phase teacher up to step $1
   worldsdk-train stage=teacher model="$MODEL" stage.autoencoder="$AE" +stage.grow.action_map=true stage.draw_shift=3 \
-    stage.context_noise="$CONTEXT_NOISE" run_dir="$RUN/teacher-map" loop.max_steps="$AMAP_STEPS" "${COMMON[@]}"
+    stage.context_noise="$CONTEXT_NOISE" run_dir="$RUN/teacher-map" loop.max_steps="$1" "${COMMON[@]}"
+}
+if [ "$PART" = map ]; then
+  map_teacher "$AMAP_STEPS"
+  exit 0
+fi
+if [ "$PART" = local ]; then
+  from=$(printf '%s/teacher-map/snapshots/step_%08d/world.safetensors' "$RUN" "$LOCAL_FROM")
+  if [ ! -f "$from" ]; then
+    map_teacher "$LOCAL_FROM"
+    python -m trainers.snapshot "$RUN/teacher-map" --step "$LOCAL_FROM"
+  fi
+  worldsdk-train stage=teacher stage.init="$from" +stage.grow.local_channels="$LOCAL_CHANNELS" stage.draw_shift=3 \
+    stage.context_noise="$CONTEXT_NOISE" run_dir="$RUN/teacher-local" loop.max_steps="$AMAP_STEPS" "${COMMON[@]}"
   exit 0
 fi
 

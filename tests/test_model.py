@@ -44,13 +44,15 @@ def stream(model, x, t, text, actions, commit_x=None, commit_t=None):
     return torch.cat(outs, dim=2)
 
 
-@pytest.mark.parametrize("chunk,frames,context,skip,action_map", [
-    (1, 6, 0, 0, False), (2, 8, 0, 0, False), (3, 9, 0, 0, False), (4, 8, 0, 0, False), (1, 6, 2, 0, False),
-    (2, 8, 2, 0.3, False), (3, 9, 1, 0.5, False), (2, 8, 0, 0, True), (2, 8, 2, 0.3, True)])
+@pytest.mark.parametrize("chunk,frames,context,skip,action_map,local", [
+    (1, 6, 0, 0, False, 0), (2, 8, 0, 0, False, 0), (3, 9, 0, 0, False, 0), (4, 8, 0, 0, False, 0),
+    (1, 6, 2, 0, False, 0), (2, 8, 2, 0.3, False, 0), (3, 9, 1, 0.5, False, 0), (2, 8, 0, 0, True, 0),
+    (2, 8, 2, 0.3, True, 0), (3, 9, 0, 0, False, 8), (2, 8, 2, 0.3, True, 8)])
 @torch.no_grad()
-def test_streaming_equals_block_causal_forward(chunk, frames, context, skip, action_map):
+def test_streaming_equals_block_causal_forward(chunk, frames, context, skip, action_map, local):
     # the window holds all `frames` of history
-    model = make(chunk, frames + chunk, context_frames=context, context_skip=skip, action_map=action_map)
+    model = make(chunk, frames + chunk, context_frames=context, context_skip=skip, action_map=action_map,
+                 local_channels=local)
     x, t, text, actions = inputs(model, frames=frames)
     full = model.forward_causal(x, t, text, actions)
     streamed = stream(model, x, t, text, actions)
@@ -58,12 +60,13 @@ def test_streaming_equals_block_causal_forward(chunk, frames, context, skip, act
     assert (full - streamed).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("chunk,frames,context,skip,action_map", [
-    (1, 5, 0, 0, False), (2, 8, 0, 0, False), (3, 9, 0, 0, False), (2, 8, 2, 0.3, False), (1, 5, 3, 0, False),
-    (2, 8, 2, 0.3, True)])
+@pytest.mark.parametrize("chunk,frames,context,skip,action_map,local", [
+    (1, 5, 0, 0, False, 0), (2, 8, 0, 0, False, 0), (3, 9, 0, 0, False, 0), (2, 8, 2, 0.3, False, 0),
+    (1, 5, 3, 0, False, 0), (2, 8, 2, 0.3, True, 0), (2, 8, 2, 0.3, True, 8)])
 @torch.no_grad()
-def test_streaming_with_clean_commits_equals_teacher_forcing(chunk, frames, context, skip, action_map):
-    model = make(chunk, frames + chunk, context_frames=context, context_skip=skip, action_map=action_map)
+def test_streaming_with_clean_commits_equals_teacher_forcing(chunk, frames, context, skip, action_map, local):
+    model = make(chunk, frames + chunk, context_frames=context, context_skip=skip, action_map=action_map,
+                 local_channels=local)
     noisy, t, text, actions = inputs(model, frames=frames)
     clean = inputs(model, frames=frames, seed=7)[0]
     tf = model.forward_teacher_forcing(clean, noisy, t, text, actions)
@@ -280,3 +283,31 @@ def test_action_map_gives_each_place_its_own_response_to_the_action():
     assert fresh.action_map is not None and not fresh.action_map.any()  # a new map starts as a no-op
     with pytest.raises(ValueError, match="action_map needs an action-conditioned model"):
         replace(model.config, action_dim=0)
+
+
+@torch.no_grad()
+def test_the_local_path_is_local_per_frame_and_starts_as_a_no_op():
+    model = make(2, 8, context_frames=2, context_skip=0.3, local_channels=8, local_blocks=1)
+    x, t, text, actions = inputs(model, frames=4)
+    v = model.forward_causal(x, t, text, actions)
+    path = lambda z, a=actions: model.local(z, v, model._clip_context(z), a, t / 1000)  # noqa: E731
+    # one latent pixel of the last frame's noisy input changes the path's output near it: 4 convolutions of
+    # 3x3 reach 4 px either side, and beyond them only the GroupNorm statistics carry it, far more weakly
+    y = x.clone()
+    y[:, :, 3, 0, 0] += 1.0
+    change = (path(y) - path(x)).abs().amax(dim=(0, 1))  # (F, H, W)
+    assert change[3, :2, :2].max() > 10 * max(change[3, 5:, :].max(), change[3, :, 5:].max())
+    assert change[:3].max() == 0  # frames are independent of each other
+    # each frame reads its own action and its own sigma
+    other = actions.clone()
+    other[:, 1] += 1.0
+    assert (path(x, other) - path(x)).abs().amax(dim=(0, 1, 3, 4)).tolist()[0::2] == [0, 0]
+    assert (path(x, other) - path(x))[:, :, 1].abs().max() > 1e-3
+    # the model's v is the head's plus the path's; a new path's output is zero: a grown model computes what it did
+    model.local.out.weight.zero_()
+    model.local.out.bias.zero_()
+    assert (model.forward_causal(x, t, text, actions) - v).abs().mean() > 1e-3
+    fresh = CausalDiT(model.config).eval()
+    assert not fresh.local.out.weight.any() and not fresh.local.out.bias.any()
+    with pytest.raises(ValueError, match="local_channels"):
+        replace(model.config, local_channels=12)

@@ -64,6 +64,13 @@ class ModelConfig:
     # controlled object is in it before the action can move it; this gives each place its own response
     # (a paddle's column, a car's row). Zero-initialised. False = off (actions modulate only).
     action_map: bool = False
+    # A convolutional path on each latent frame's own grid, added to the head's v: 3x3 convolutions over the
+    # noisy latent, the context frames, the head's v, the frame's action, its sigma and its slot in the
+    # chunk. DIAMOND's all-convolutional U-Net moves a 1-2 px ball cheaply; 16x16 px tokens behind a linear
+    # patch embedding do not (docs/worlds.md, session 8). Its output starts at zero, so a grown model
+    # computes what it did. 0 = off.
+    local_channels: int = 0
+    local_blocks: int = 4  # residual blocks of two 3x3 convolutions in the local path
     rope_theta: float = 10000.0
     eps: float = 1e-6
     cross_attn_norm: bool = True
@@ -83,6 +90,9 @@ class ModelConfig:
         if self.context_skip < 0 or (self.context_skip and not self.context_frames):
             raise ValueError(f"context_skip must be >= 0 and needs context_frames >= 1, got {self.context_skip} "
                              f"with {self.context_frames} context frames")
+        if self.local_channels < 0 or self.local_channels % 8 or self.local_blocks < 0:
+            raise ValueError(f"local_channels must be 0 (off) or a positive multiple of 8 and local_blocks >= 0, "
+                             f"got {self.local_channels} and {self.local_blocks}")
         if self.action_map and not self.action_dim:
             raise ValueError("action_map needs an action-conditioned model (action_dim >= 1)")
         if self.latent_frames_max % self.frames_per_chunk:

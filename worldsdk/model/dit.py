@@ -18,6 +18,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from worldsdk.config import ModelConfig
 from worldsdk.diffusion import t_to_sigma
@@ -184,6 +185,51 @@ class Head(nn.Module):
         return self.head(modulate(self.norm(x).unflatten(1, (f, -1)), shift, scale)).flatten(1, 2)
 
 
+class LocalBlock(nn.Module):
+    """Two 3x3 convolutions with GroupNorm and SiLU around a residual connection."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(8, channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(8, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.norm2(self.conv1(F.silu(self.norm1(x))))))
+
+
+class LocalPath(nn.Module):
+    """The convolutional path of `ModelConfig.local_channels`: per latent frame, 3x3 convolutions over its
+    noisy latent, its context frames, the head's v, its action, its sigma and its slot in the chunk; the
+    output is added to v. Frames are independent (each sees its chunk's context, as its tokens do), so
+    a clip, a teacher-forcing sequence and a streamed chunk give the same values."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c, k, width = config.latent_channels, config.context_frames, config.local_channels
+        self.frames_per_chunk = config.frames_per_chunk
+        inputs = 2 * c + k * (c + 1) + (config.action_dim + 1 if config.action_dim else 0) + 1 + config.frames_per_chunk
+        self.inp = nn.Conv2d(inputs, width, 3, padding=1)
+        self.blocks = nn.Sequential(*[LocalBlock(width) for _ in range(config.local_blocks)])
+        self.norm = nn.GroupNorm(8, width)
+        self.out = nn.Conv2d(width, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, v: torch.Tensor, context: torch.Tensor | None, actions: torch.Tensor | None,
+                sigma: torch.Tensor) -> torch.Tensor:
+        """x, v (B, C, F, H, W) of frames starting at a chunk boundary; context (B, K * (C + 1), F, H, W) or
+        None; actions (B, F, A + 1) or None; sigma (B, F) -> the correction to v, (B, C, F, H, W)."""
+        b, _, f, h, w = x.shape
+        dtype = self.inp.weight.dtype
+        per_frame = lambda y: y[..., None, None].expand(*y.shape, h, w).permute(0, 2, 1, 3, 4)  # noqa: E731  (B, F, n) -> (B, n, F, H, W)
+        slot = F.one_hot(torch.arange(f, device=x.device) % self.frames_per_chunk, self.frames_per_chunk)
+        parts = [x, v] + ([] if context is None else [context]) + ([] if actions is None else [per_frame(actions)])
+        parts += [per_frame(sigma[..., None]), per_frame(slot.expand(b, -1, -1))]
+        z = torch.cat([p.to(dtype) for p in parts], dim=1).transpose(1, 2).flatten(0, 1)  # (B * F, inputs, H, W)
+        out = self.out(F.silu(self.norm(self.blocks(self.inp(z)))))
+        return out.unflatten(0, (b, f)).transpose(1, 2)
+
+
 class CausalDiT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -207,6 +253,7 @@ class CausalDiT(nn.Module):
                            if config.action_map else None)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.num_layers)])
         self.head = Head(config)
+        self.local = LocalPath(config) if config.local_channels else None
         self.rope = Rope3D(config)
         self.initialize_weights()
 
@@ -227,6 +274,9 @@ class CausalDiT(nn.Module):
         if self.context_embedding is not None:  # so does the context pathway
             nn.init.zeros_(self.context_embedding.weight)
             nn.init.zeros_(self.context_embedding.bias)
+        if self.local is not None:  # and the local path
+            nn.init.zeros_(self.local.out.weight)
+            nn.init.zeros_(self.local.out.bias)
 
     # -- inference set-up ---------------------------------------------------------------------------
     FP32_MODULES = ("time_embedding", "time_projection", "action_embedding", "rope")
@@ -294,17 +344,20 @@ class CausalDiT(nn.Module):
         return h + slot.repeat_interleave(self.config.tokens_per_frame, dim=0)
 
     def _output(self, h: torch.Tensor, e: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
-                context: torch.Tensor | None) -> torch.Tensor:
+                context: torch.Tensor | None, actions: torch.Tensor | None) -> torch.Tensor:
         """The head's v for tokens h of latents x (B, C, F, H, W) at timesteps t, plus the skip around
-        the last context frame when the model has one (`skip_velocity`)."""
+        the last context frame when the model has one (`skip_velocity`), plus the local path's
+        correction when it has one (`LocalPath`)."""
         v = self._unpatchify(self.head(h, e), x.shape[2])
-        if not self.config.context_skip:
-            return v
-        c, k = self.config.latent_channels, self.config.context_frames
-        reference = context[:, (k - 1) * c : k * c]  # the newest context frame, (B, C, F, H, W)
-        present = context[:, k * c + k - 1, :, 0, 0]  # its presence flag, (B, F)
-        prior = skip_velocity(x, t_to_sigma(t), reference, present, self.config.context_skip)
-        return (v.float() + prior).to(v.dtype)
+        if self.config.context_skip:
+            c, k = self.config.latent_channels, self.config.context_frames
+            reference = context[:, (k - 1) * c : k * c]  # the newest context frame, (B, C, F, H, W)
+            present = context[:, k * c + k - 1, :, 0, 0]  # its presence flag, (B, F)
+            prior = skip_velocity(x, t_to_sigma(t), reference, present, self.config.context_skip)
+            v = (v.float() + prior).to(v.dtype)
+        if self.local is not None:
+            v = v + self.local(x, v, context, actions, t_to_sigma(t).float()).to(v.dtype)
+        return v
 
     def _clip_context(self, x: torch.Tensor) -> torch.Tensor | None:
         cfg = self.config
@@ -341,7 +394,7 @@ class CausalDiT(nn.Module):
         h = self._embed(x, context, actions)
         for block, kv in zip(self.blocks, text_kv):
             h, _, _ = block(h, e0, rope, rope, mask, kv)
-        return self._output(h, e, x, t, context)
+        return self._output(h, e, x, t, context, actions)
 
     # -- whole-clip entry points -----------------------------------------------------------------------
     def forward_bidirectional(self, x, t, text, actions=None) -> torch.Tensor:
@@ -377,7 +430,7 @@ class CausalDiT(nn.Module):
         for block, kv in zip(self.blocks, text_kv):
             h, _, _ = block(h, e0, rope, rope, mask, kv)
         half = f * cfg.tokens_per_frame
-        return self._output(h[:, half:], e[:, f:], noisy, t, context)
+        return self._output(h[:, half:], e[:, f:], noisy, t, context, actions)
 
     # -- streaming entry points --------------------------------------------------------------------------
     def _stream(self, x, t, actions, cache: KVCache, with_head: bool):
@@ -401,7 +454,7 @@ class CausalDiT(nn.Module):
             h, k, v = block(h, e0, rope_q, rope_k, mask, text_kv, partial(cache.extend, layer))
             new_k.append(k)
             new_v.append(v)
-        out = self._output(h, e, x, t, context) if with_head else None
+        out = self._output(h, e, x, t, context, actions) if with_head else None
         return out, new_k, new_v
 
     def denoise_chunk(self, x, t, actions, cache: KVCache) -> torch.Tensor:
