@@ -15,18 +15,17 @@ The text encoder is a small stand-in (UMT5-XXL runs once per prompt, not per ste
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 
 from worldsdk.config import ModelConfig, WorldSpec, preset
 from worldsdk import World
 from worldsdk.wan import random_world_parts
+from worldsdk.bench import write_results
 
 
 def tiny_parts() -> tuple[ModelConfig, WorldSpec, dict]:
@@ -157,8 +156,7 @@ def main() -> int:
     for part, share in results["share"].items():
         print(f"  {part:32s} {100 * share:5.1f} %")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
+        write_results(args.out, results)
     return 0
 
 

@@ -18,13 +18,12 @@ typical frame whatever the history sits near `latent_variance` with `swapped_con
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from worldsdk import diffusion as D
+from worldsdk.bench import write_results
 
 
 @torch.inference_mode()
@@ -91,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {r['clips']} | {s1['x0_error']:.3f} | {s1['swapped_context_change']:.4f} | {s5['x0_error']:.3f} "
               f"| {r['copy_last_error']:.3f} | {r['latent_variance']:.3f} |", flush=True)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"data": args.data, "episodes": len(episodes), "results": results}, indent=2) + "\n")
+        write_results(args.out, {"data": args.data, "episodes": len(episodes), "results": results})
     return 0
 
 

@@ -19,13 +19,12 @@ the objects.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from worldsdk import World
+from worldsdk.bench import write_results
 from worldsdk.data.store import EpisodeStore
 from worldsdk.evaluation import (SAMPLER_KINDS, Sampler, colour_histogram, evaluation_episodes, histogram_distance,
                                  object_rates, psnr, replay)
@@ -137,8 +136,7 @@ def main() -> int:
               f"{r['player_paddle_present']:.0%}{real('player_paddle_present', '.0%')} | {r['ball_shown']:.0%}{real('ball_shown', '.0%')} |")
     print("\n(in brackets: the recording's own frames at the same offsets)")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        write_results(args.out, results)
     return 0
 
 

@@ -12,9 +12,7 @@ Used to rank the levers of docs/worlds.md with short training runs (<= 20 minute
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -22,6 +20,7 @@ from worldsdk import World
 from worldsdk.data.store import EpisodeStore
 from worldsdk.evaluation import opposite_actions
 from worldsdk.probe import PROBE_SIGMAS, load_clips, probe
+from worldsdk.bench import write_results
 
 
 def row(name: str, key: str, r: dict) -> str:
@@ -63,8 +62,7 @@ def main() -> int:
             key_lines.append(f"| {name} | {r['keys']['pass_rate']:.0%} | {r['keys']['separation_px']:.2f} |")
     print("\n".join(lines + key_lines))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        write_results(args.out, results)
     return 0
 
 

@@ -26,10 +26,8 @@ Reported per row: generated frames per second and KV-cache bytes copied per step
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +35,7 @@ import torch
 from worldsdk import World
 from worldsdk.model import KVCache
 from worldsdk.world import WorldState
+from worldsdk.bench import write_results
 
 MODES = ("stack_split", "split_restart", "slots", "vector_env", "bridge")
 
@@ -164,10 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
             print(f"| {mode} | {sessions} | {r['frames_per_s']:.1f} | {r['cache_bytes_copied_per_step']:,.0f} |", flush=True)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         meta = {"preset": args.preset, "device": args.device, "torch_threads": torch.get_num_threads(),
                 "machine": platform.processor() or platform.machine()}
-        Path(args.out).write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+        write_results(args.out, {**meta, "rows": rows})
     return 0
 
 

@@ -22,6 +22,14 @@ import torch
 log = logging.getLogger(__name__)
 
 
+def write_results(path: str | Path, results) -> Path:
+    """Write a benchmark's results as indented JSON, making its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path
+
+
 def rss_mib() -> float:
     """Resident set size of this process in MiB (Linux /proc; 0 elsewhere)."""
     try:
@@ -151,9 +159,7 @@ def main(args: argparse.Namespace) -> int:
         results["cache"] = []
         results["memory"] = long_episode_memory(args.world, 20 if quick else 500, sample_every=5 if quick else 50)
     default = "benchmarks/results/world.json" if args.world is None else f"runs/bench/{Path(args.world).stem}.json"
-    out = Path(args.out or default)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    out = write_results(args.out or default, results)
     print("World.step:")
     for r in results["step"]:
         print(f"  {r['preset']:6s} batch {r['batch_size']}: {r['frames_per_s']:8.1f} frames/s  ({r['step_ms']:.1f} ms/step)")
