@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +17,24 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 torch.set_num_threads(1)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(path: str | Path, name: str):
+    """Import a script that is not in a package (benchmarks/, examples/) from its path, once. It is in
+    sys.modules while it executes, where dataclasses look their module up."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
 
 
 def perturb_(module: torch.nn.Module, std: float = 0.1, seed: int = 0) -> torch.nn.Module:

@@ -1,21 +1,16 @@
 """The teachers' evaluation sampler (parity with the ODE stage's) and a smoke run of benchmarks/ablation.py."""
 
-import importlib.util
 import json
 import math
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import perturb_
+from tests.conftest import ROOT, load_script, perturb_
 from worldsdk import World
 from worldsdk.evaluation import GuidedEulerRollout, Sampler
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tiny(seed: int = 0, **info) -> World:
@@ -66,12 +61,7 @@ def test_sampler_auto_picks_the_teacher_sampler_and_counts_calls():
 
 def _load_driver():
     """benchmarks/ is a folder of scripts, not a package: import the driver from its path."""
-    if "benchmarks_ablation" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("benchmarks_ablation", ROOT / "benchmarks" / "ablation.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-        spec.loader.exec_module(module)
-    return sys.modules["benchmarks_ablation"]
+    return load_script(ROOT / "benchmarks" / "ablation.py", "benchmarks_ablation")
 
 
 @pytest.fixture(scope="module")

@@ -4,16 +4,15 @@ and smoke runs of examples/ppo_in_world.py on the tiny preset in both views."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import ROOT, load_script
 from worldsdk import World
 from worldsdk.agents import (OBJECT_FEATURES, ObservationConfig, PolicyObservation, RealGameEnv, evaluate,
                              make_real_env, object_observation, pixel_observation, random_actor)
@@ -24,7 +23,7 @@ from worldsdk.data.recorder import frame_of, make_env
 from worldsdk.data.resize import resize_frame
 from worldsdk.data.styles import apply_style
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ppo_in_world.py"
+EXAMPLE = ROOT / "examples" / "ppo_in_world.py"
 
 # data/pong/meta.json as the recorder writes it for ALE/Pong-v5 (data/ is not part of the repository)
 PONG_META = DatasetMeta(
@@ -36,11 +35,7 @@ PONG_META = DatasetMeta(
 
 @pytest.fixture(scope="module")
 def ppo():
-    spec = importlib.util.spec_from_file_location("ppo_in_world", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ppo_in_world"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    yield module
+    yield load_script(EXAMPLE, "ppo_in_world")
     sys.modules.pop("ppo_in_world", None)
 
 

@@ -1,20 +1,14 @@
 """benchmarks/ball_from_history.py: its convolutional predictor starts by repeating the last frame and
 learns a small object's motion from two frames."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, load_script
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("ball_from_history", ROOT / "benchmarks" / "ball_from_history.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "ball_from_history.py", "ball_from_history")
 
 
 def dots(batch: int, frames: int, size: int = 8, channels: int = 4, seed: int = 0):

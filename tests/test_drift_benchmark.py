@@ -1,23 +1,17 @@
 """benchmarks/drift.py: replay starts that keep one style, and rollout figures beside the recording's own."""
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
+from tests.conftest import ROOT, load_script
 from worldsdk import World
 from worldsdk.data.store import EpisodeStore
 from worldsdk.evaluation import Sampler, evaluation_episodes
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _drift():
-    spec = importlib.util.spec_from_file_location("drift_benchmark", ROOT / "benchmarks" / "drift.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "drift.py", "drift_benchmark")
 
 
 def test_replays_start_where_the_recording_keeps_one_style():

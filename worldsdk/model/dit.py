@@ -349,14 +349,15 @@ class CausalDiT(nn.Module):
         the last context frame when the model has one (`skip_velocity`), plus the local path's
         correction when it has one (`LocalPath`)."""
         v = self._unpatchify(self.head(h, e), x.shape[2])
+        sigma = t_to_sigma(t).float()
         if self.config.context_skip:
             c, k = self.config.latent_channels, self.config.context_frames
             reference = context[:, (k - 1) * c : k * c]  # the newest context frame, (B, C, F, H, W)
             present = context[:, k * c + k - 1, :, 0, 0]  # its presence flag, (B, F)
-            prior = skip_velocity(x, t_to_sigma(t), reference, present, self.config.context_skip)
+            prior = skip_velocity(x, sigma, reference, present, self.config.context_skip)
             v = (v.float() + prior).to(v.dtype)
         if self.local is not None:
-            v = v + self.local(x, v, context, actions, t_to_sigma(t).float()).to(v.dtype)
+            v = v + self.local(x, v, context, actions, sigma).to(v.dtype)
         return v
 
     def _clip_context(self, x: torch.Tensor) -> torch.Tensor | None:
