@@ -35,6 +35,7 @@ from worldsdk.data.latents import LatentClipDataset  # noqa: E402
 from worldsdk.model.dit import LocalBlock  # noqa: E402
 from worldsdk.probe import load_clips, object_scores  # noqa: E402
 from worldsdk.bench import write_results  # noqa: E402
+from trainers.objectives import corrupt_history  # noqa: E402  (a teacher's stage.context_noise)
 
 
 class ConvPredictor(nn.Module):
@@ -70,6 +71,9 @@ def main() -> int:
     parser.add_argument("--blocks", type=int, default=6)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--history-noise", type=float, default=0.0,
+                        help="train on history noised to a level drawn in [0, this] per clip, as a teacher's "
+                             "stage.context_noise does (the scores always use the clean history, as the probe does)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="", help="JSON file for the results")
@@ -90,7 +94,8 @@ def main() -> int:
         batch = [data[int(i)] for i in rng.integers(0, len(data), args.batch)]
         latents = torch.stack([s["latents"] for s in batch])
         actions = torch.stack([s["action_features"] for s in batch]).float()
-        loss = F.mse_loss(net(latents[:, : args.history], actions), latents[:, args.history :])
+        history = corrupt_history(latents[:, : args.history].transpose(1, 2), args.history_noise)[0].transpose(1, 2)
+        loss = F.mse_loss(net(history, actions), latents[:, args.history :])
         opt.zero_grad()
         loss.backward()
         opt.step()

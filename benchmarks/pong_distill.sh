@@ -8,6 +8,8 @@
 #   TEACHER=teacher-map STEP=7000 THREADS=2 ABLATION=1 ODE_GUIDANCE=6 CONTEXT_NOISE=0 PLAY_NOISE=0 \
 #     STUDENT=dmd-causal-forcing bash benchmarks/pong_distill.sh                       # session 6's run
 #   TEACHER=teacher-map STEP=7000 RUN=runs/pong6 SHIP=1 bash benchmarks/pong_distill.sh  # the shipped pong (session 7)
+#   TEACHER=teacher-conv LATENTS=runs/pong3/latents-shipped AE=runs/pong3/autoencoder-shipped/autoencoder.safetensors \
+#     RUN=runs/pong9 bash benchmarks/pong_distill.sh                                   # session 9: from the shipped world
 #
 # 1. the teacher run's latest checkpoint (EMA) becomes runs/pong4/teacher-causal (kept once made:
 #    delete that folder to distil a later checkpoint);
@@ -35,10 +37,12 @@ ODE_GUIDANCE=${ODE_GUIDANCE:-3}  # CFG of the causal ODE trajectories: 3 drifts 
 CONTEXT_NOISE=${CONTEXT_NOISE:-0.3}  # GameNGen's noise on the causal ODE student's clean history (training)
 PLAY_NOISE=${PLAY_NOISE:-0.25}  # the noise level the world commits its history at when played
 STUDENT=${STUDENT:-ode-causal}  # the world evaluated and shipped: ode-causal or dmd-causal-forcing
+LATENTS=${LATENTS:-$FROM/latents}  # $FROM/latents-shipped for the teachers warmed from the shipped world (warm, conv)
+AE=${AE:-$FROM/autoencoder/autoencoder.safetensors}  # the autoencoder that made them ($FROM/autoencoder-shipped/...)
 THREADS=${THREADS:-1}  # 2 when the long run is stopped meanwhile (the 2-core CPU otherwise idle)
 export OMP_NUM_THREADS=$THREADS
 mkdir -p "$RUN/teacher-causal"
-ln -sfn "$(realpath "$FROM/latents")" "$RUN/latents"
+ln -sfn "$(realpath "$LATENTS")" "$RUN/latents"
 
 if [ ! -f "$RUN/teacher-causal/world.safetensors" ]; then
   if [ -n "${STEP:-}" ]; then  # a given checkpoint step, else the newest
@@ -59,7 +63,7 @@ needs_real=$([ "$STUDENT" != ode-causal ] || [ "${ABLATION:-0}" = 1 ] && echo 1 
   loop.threads="$THREADS" loop.checkpoint_every=100 loop.log_every=20 loop.progress=false
 
 python -m trainers.recipe --data data/pong --out "$RUN" --preset small-ctx --scale 0.3 --ode-clips 128 \
-  --precision fastest --threads "$THREADS" --autoencoder "$FROM/autoencoder/autoencoder.safetensors" --reward no \
+  --precision fastest --threads "$THREADS" --autoencoder "$AE" --reward no \
   --ode-guidance "$ODE_GUIDANCE" --context-noise "$CONTEXT_NOISE" --only "$(
     [ "$STUDENT" = ode-causal ] && echo ode-causal || echo ode-causal,dmd-causal-forcing)"
 
@@ -73,7 +77,7 @@ swap=(); [ -f "$DECODER" ] && swap=(--decoder-from "$DECODER") || echo "no $DECO
 
 if [ "${ABLATION:-0}" = 1 ]; then
   python -m trainers.recipe --data data/pong --out "$RUN" --preset small-ctx --scale 0.3 --ode-clips 128 \
-    --precision fastest --threads "$THREADS" --autoencoder "$FROM/autoencoder/autoencoder.safetensors" --reward no \
+    --precision fastest --threads "$THREADS" --autoencoder "$AE" --reward no \
     --only ode-bidirectional,dmd-self-forcing
   [ -f "$RUN/ablation/ablation.json" ] || python benchmarks/ablation.py --runs "$RUN" --data data/pong-fresh \
     --out "$RUN/ablation" --rows ode-causal,dmd-causal-forcing,ode-bidirectional,dmd-self-forcing

@@ -5,6 +5,8 @@
 #   nohup bash benchmarks/pong_long_run.sh map > runs/pong3-map.log 2>&1 &    # the one-phase teacher
 #   nohup bash benchmarks/pong_long_run.sh local > runs/pong3-local.log 2>&1 &  # + the convolutional local path
 #   nohup bash benchmarks/pong_long_run.sh decoders > runs/pong3-dec.log 2>&1 &
+#   nohup bash benchmarks/pong_long_run.sh warm > runs/pong3-warm.log 2>&1 &    # a new machine: from the shipped pong
+#   nohup bash benchmarks/pong_long_run.sh conv > runs/pong3-conv.log 2>&1 &    # + the local path alone, trunk frozen
 #
 # Every part first makes what it needs (the recordings and the autoencoder, about 30 min on a new
 # machine; seeded) and skips what exists; a training run resumes from its last checkpoint, so the same
@@ -20,6 +22,13 @@
 #   decoders  the autoencoder's decoder alone, fine-tuned in six rounds (the latents stay the same;
 #             docs/training.md, "Fine-tuning only the decoder"); a world gets it with
 #             `worldsdk export --decoder-from runs/pong3/decoder6/autoencoder.safetensors`
+#   warm      a teacher again from the shipped `pong` (the causal ODE student of the step-10,600 teacher, in git):
+#             its weights fine-tuned with the teacher's objective for WARM_STEPS (default 1,000) on latents of the
+#             shipped autoencoder (runs/pong3/teacher-warm); no autoencoder run. What a new machine starts from
+#             instead of 4 h of teacher from scratch (docs/worlds.md, session 9)
+#   conv      the warm teacher grown with the convolutional local path, which alone trains (stage.trainable=[local],
+#             batch CONV_BATCH, default 16) while the trunk and text encoder stay frozen (runs/pong3/teacher-conv):
+#             the locality experiment of benchmarks/ball_from_history.py inside the world
 # Every 500 steps metrics.jsonl gets the learnability probe on data/pong's test episodes (eval/probe/...).
 # Probe a checkpoint on the held-out recordings while it trains:
 #   python -m trainers.snapshot runs/pong3/teacher-amap
@@ -39,7 +48,11 @@ CONTEXT_NOISE=${CONTEXT_NOISE:-0.3}
 export OMP_NUM_THREADS=1
 LOCAL_FROM=${LOCAL_FROM:-10600}
 LOCAL_CHANNELS=${LOCAL_CHANNELS:-64}
-case "$PART" in phases|map|local|decoders) ;; *) echo "usage: $0 [phases|map|local|decoders]" >&2; exit 2;; esac
+WARM_STEPS=${WARM_STEPS:-1000}
+CONV_STEPS=${CONV_STEPS:-30000}
+CONV_BATCH=${CONV_BATCH:-16}
+CONV_NAME=${CONV_NAME:-teacher-conv}  # session 9: teacher-conv-clean with CONTEXT_NOISE=0
+case "$PART" in phases|map|local|decoders|warm|conv) ;; *) echo "usage: $0 [phases|map|local|decoders|warm|conv]" >&2; exit 2;; esac
 mkdir -p "$RUN"
 
 if [ ! -f data/pong/index.json ]; then
@@ -52,6 +65,15 @@ if [ ! -f data/pong-fresh/index.json ]; then  # held out: new seeds, both player
 fi
 
 AE="$RUN/autoencoder/autoencoder.safetensors"
+if [ "$PART" = warm ] || [ "$PART" = conv ]; then  # the shipped world's autoencoder: the latents its weights know
+  AE="$RUN/autoencoder-shipped/autoencoder.safetensors"
+  [ -f "$AE" ] || python -c "
+from pathlib import Path
+from worldsdk import World
+from worldsdk.autoencoder import save_autoencoder
+Path('$AE').parent.mkdir(parents=True, exist_ok=True)
+save_autoencoder('$AE', World.load('pong').autoencoder)"
+fi
 [ -f "$AE" ] || OMP_NUM_THREADS=$AE_THREADS worldsdk-train stage=autoencoder model=small data=data/pong \
   run_dir="$RUN/autoencoder" loop.max_steps="$AE_STEPS" loop.threads="$AE_THREADS" loop.eval_every=4000 \
   loop.checkpoint_every=500 loop.progress=false
@@ -69,14 +91,16 @@ if [ "$PART" = decoders ]; then
   exit 0
 fi
 
+LATENTS="$RUN/latents"
+case "$PART" in warm|conv) LATENTS="$RUN/latents-shipped";; esac
 python -c "
 from worldsdk.autoencoder import load_autoencoder
 from worldsdk.data.latents import build_latent_cache
-build_latent_cache('data/pong', load_autoencoder('$AE'), '$RUN/latents', progress=False)"  # encodes only what is missing
+build_latent_cache('data/pong', load_autoencoder('$AE'), '$LATENTS', progress=False)"  # encodes only what is missing
 
 # Shared by every teacher run: batch 8, one thread (TEACHER_THREADS), the precision this CPU runs fastest (bf16 only where it
 # is native: an AVX2 CPU emulates it 20x slower), the probe every 500 steps, a checkpoint every 200.
-COMMON=(stage.latents="$RUN/latents" stage.probe_data=data/pong stage.probe_clips_per_episode=8 loop.eval_every=500
+COMMON=(stage.latents="$LATENTS" stage.probe_data=data/pong stage.probe_clips_per_episode=8 loop.eval_every=500
   loop.batch_size=8 loop.precision=fastest loop.threads="$TEACHER_THREADS" loop.checkpoint_every=200 loop.keep_checkpoints=4
   loop.log_every=20 loop.progress=false)
 
@@ -87,6 +111,21 @@ map_teacher() {  # the one-phase teacher up to step $1
 }
 if [ "$PART" = map ]; then
   map_teacher "$AMAP_STEPS"
+  exit 0
+fi
+warm_teacher() {
+  worldsdk-train stage=teacher stage.init=worldsdk/worlds/pong.safetensors stage.draw_shift=3 \
+    stage.context_noise="$CONTEXT_NOISE" run_dir="$RUN/teacher-warm" loop.max_steps="$WARM_STEPS" "${COMMON[@]}"
+}
+if [ "$PART" = warm ]; then
+  warm_teacher
+  exit 0
+fi
+if [ "$PART" = conv ]; then
+  [ -f "$RUN/teacher-warm/world.safetensors" ] || warm_teacher
+  worldsdk-train stage=teacher stage.init="$RUN/teacher-warm/world.safetensors" +stage.grow.local_channels="$LOCAL_CHANNELS" \
+    'stage.trainable=[local]' stage.draw_shift=3 stage.context_noise="$CONTEXT_NOISE" run_dir="$RUN/$CONV_NAME" \
+    loop.max_steps="$CONV_STEPS" "${COMMON[@]}" loop.batch_size="$CONV_BATCH"
   exit 0
 fi
 if [ "$PART" = local ]; then

@@ -298,3 +298,21 @@ def test_a_teacher_grows_a_new_pathway_on_its_initial_world(chain):
                                                    "grow": {"action_map": True}, "ema_decay": 0.0}, steps=2))
     assert fresh.model.config.action_map and fresh.model.action_map.abs().sum() > 0  # a preset grown from step 0
     assert not model.config.action_map  # the preset itself is unchanged
+
+
+def test_a_teacher_trains_only_the_parts_it_is_told_to(chain):
+    root, ae, latents = chain
+    base = train(root / "part-base", {"name": "teacher", "mode": "teacher_forcing", "latents": latents, "autoencoder": ae})
+    before = World.load(base)
+    stage = {"name": "teacher", "mode": "teacher_forcing", "latents": latents, "init": str(base),
+             "grow": {"local_channels": 8}, "trainable": ["local"], "ema_decay": 0.0}
+    after = World.load(train(root / "part-local", stage, steps=3))
+    old = before.model.state_dict()
+    trunk = {k: v for k, v in after.model.state_dict().items() if not k.startswith("local.")}
+    assert trunk.keys() == old.keys()
+    assert all(torch.equal(v, old[k]) for k, v in trunk.items())  # the frozen trunk is bit for bit the initial one
+    text = before.text_encoder.state_dict()
+    assert all(torch.equal(v, text[k]) for k, v in after.text_encoder.state_dict().items())
+    assert after.model.local.out.weight.abs().sum() > 0  # the path, zero when grown, trained
+    with pytest.raises(ValueError, match="does not have"):
+        train(root / "part-bad", {**stage, "trainable": ["no_such_part"]}, steps=1)

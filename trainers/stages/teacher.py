@@ -45,6 +45,9 @@ class TeacherStageConfig:
     # (command line: +stage.grow.action_map=true): rebuilt with them, keeping every weight the model had;
     # new pathways start at zero (worlds.grown_model)
     grow: dict = field(default_factory=dict)
+    # The model's top-level parts to train (e.g. ("local",): the convolutional path alone, on a frozen
+    # trunk and text encoder, whose forward then builds no graph); empty: the whole model and text encoder
+    trainable: tuple[str, ...] = ()
     clip_frames: int = 0  # latent frames per clip; 0 = the model's trained length
     p_drop_text: float = 0.1
     p_drop_action: float = 0.1
@@ -98,6 +101,8 @@ class TeacherStage(Stage):
                 self.model = worlds.grown_model(self.model, config.grow)
         if config.timestep_shift:
             self.spec = replace(self.spec, timestep_shift=config.timestep_shift)
+        if config.trainable:
+            self._freeze_all_but(config.trainable)
         self.schedule = self.spec.schedule  # trained on the grid the world will sample on
         if config.context_noise < 0 or (config.context_noise and config.mode != "teacher_forcing"):
             raise ValueError(f"stage.context_noise must be >= 0, and > 0 only with mode=teacher_forcing; got "
@@ -117,6 +122,17 @@ class TeacherStage(Stage):
         self.model.to(ctx.device).train()
         self.text_encoder.to(ctx.device).train()
         self.autoencoder.eval()
+
+    def _freeze_all_but(self, parts: tuple[str, ...]) -> None:
+        children = dict(self.model.named_children()) | {n: p for n, p in self.model.named_parameters(recurse=False)}
+        unknown = [p for p in parts if children.get(p) is None]
+        if unknown:
+            present = sorted(n for n, c in children.items() if c is not None)
+            raise ValueError(f"stage.trainable names {unknown}, which this model does not have; it has {present}")
+        self.model.requires_grad_(False)
+        self.text_encoder.requires_grad_(False)
+        for part in parts:
+            children[part].requires_grad_(True)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, "text_encoder": self.text_encoder}
