@@ -52,6 +52,7 @@ WARM_STEPS=${WARM_STEPS:-1000}
 CONV_STEPS=${CONV_STEPS:-30000}
 CONV_BATCH=${CONV_BATCH:-16}
 CONV_NAME=${CONV_NAME:-teacher-conv}  # session 9: teacher-conv-clean with CONTEXT_NOISE=0
+CONV_DRAW_SHIFT=${CONV_DRAW_SHIFT:-3}  # the conv run's training draws: 20 puts most of them above sigma 0.9
 case "$PART" in phases|map|local|decoders|warm|conv) ;; *) echo "usage: $0 [phases|map|local|decoders|warm|conv]" >&2; exit 2;; esac
 mkdir -p "$RUN"
 
@@ -124,7 +125,7 @@ fi
 if [ "$PART" = conv ]; then
   [ -f "$RUN/teacher-warm/world.safetensors" ] || warm_teacher
   worldsdk-train stage=teacher stage.init="$RUN/teacher-warm/world.safetensors" +stage.grow.local_channels="$LOCAL_CHANNELS" \
-    'stage.trainable=[local]' stage.draw_shift=3 stage.context_noise="$CONTEXT_NOISE" run_dir="$RUN/$CONV_NAME" \
+    'stage.trainable=[local]' stage.draw_shift="$CONV_DRAW_SHIFT" stage.context_noise="$CONTEXT_NOISE" run_dir="$RUN/$CONV_NAME" \
     loop.max_steps="$CONV_STEPS" "${COMMON[@]}" loop.batch_size="$CONV_BATCH"
   exit 0
 fi
