@@ -65,16 +65,17 @@ if [ ! -f data/pong-fresh/index.json ]; then  # held out: new seeds, both player
   worldsdk record --env ALE/Pong-v5 --episodes 6 --policy random --seed 8000 --style-switch-fraction 0.25 --out data/pong-fresh --quiet
 fi
 
-AE="$RUN/autoencoder/autoencoder.safetensors"
-if [ "$PART" = warm ] || [ "$PART" = conv ]; then  # the shipped world's autoencoder: the latents its weights know
-  AE="$RUN/autoencoder-shipped/autoencoder.safetensors"
-  [ -f "$AE" ] || python -c "
+case "$PART" in  # warm and conv start from the shipped world: its autoencoder, hence the latents its weights know
+  warm|conv)
+    AE="$RUN/autoencoder-shipped/autoencoder.safetensors"; LATENTS="$RUN/latents-shipped"
+    [ -f "$AE" ] || python -c "
 from pathlib import Path
 from worldsdk import World
 from worldsdk.autoencoder import save_autoencoder
 Path('$AE').parent.mkdir(parents=True, exist_ok=True)
-save_autoencoder('$AE', World.load('pong').autoencoder)"
-fi
+save_autoencoder('$AE', World.load('pong').autoencoder)";;
+  *) AE="$RUN/autoencoder/autoencoder.safetensors"; LATENTS="$RUN/latents";;
+esac
 [ -f "$AE" ] || OMP_NUM_THREADS=$AE_THREADS worldsdk-train stage=autoencoder model=small data=data/pong \
   run_dir="$RUN/autoencoder" loop.max_steps="$AE_STEPS" loop.threads="$AE_THREADS" loop.eval_every=4000 \
   loop.checkpoint_every=500 loop.progress=false
@@ -92,8 +93,6 @@ if [ "$PART" = decoders ]; then
   exit 0
 fi
 
-LATENTS="$RUN/latents"
-case "$PART" in warm|conv) LATENTS="$RUN/latents-shipped";; esac
 python -c "
 from worldsdk.autoencoder import load_autoencoder
 from worldsdk.data.latents import build_latent_cache
