@@ -7,6 +7,7 @@
 #   nohup bash benchmarks/pong_long_run.sh decoders > runs/pong3-dec.log 2>&1 &
 #   nohup bash benchmarks/pong_long_run.sh warm > runs/pong3-warm.log 2>&1 &    # a new machine: from the shipped pong
 #   nohup bash benchmarks/pong_long_run.sh conv > runs/pong3-conv.log 2>&1 &    # + the local path alone, trunk frozen
+#   nohup bash benchmarks/pong_long_run.sh predictor > runs/pong3-pred.log 2>&1 &  # + the history predictor
 #
 # Every part first makes what it needs (the recordings and the autoencoder, about 30 min on a new
 # machine; seeded) and skips what exists; a training run resumes from its last checkpoint, so the same
@@ -29,6 +30,10 @@
 #   conv      the warm teacher grown with the convolutional local path, which alone trains (stage.trainable=[local],
 #             batch CONV_BATCH, default 16) while the trunk and text encoder stay frozen (runs/pong3/teacher-conv):
 #             the locality experiment of benchmarks/ball_from_history.py inside the world
+#   predictor the shipped `pong` (as warm does; PRED_FROM: another world) grown with the history predictor
+#             (ModelConfig.predictor_channels = PRED_CHANNELS, default 96, PRED_BLOCKS blocks, default 6: the net of
+#             benchmarks/ball_from_history.py, trained by its own regression beside the diffusion loss); the whole model
+#             trains (runs/pong3/$PRED_NAME, default teacher-pred; session 10)
 # Every 500 steps metrics.jsonl gets the learnability probe on data/pong's test episodes (eval/probe/...).
 # Probe a checkpoint on the held-out recordings while it trains:
 #   python -m trainers.snapshot runs/pong3/teacher-amap
@@ -53,7 +58,13 @@ CONV_STEPS=${CONV_STEPS:-30000}
 CONV_BATCH=${CONV_BATCH:-16}
 CONV_NAME=${CONV_NAME:-teacher-conv}  # session 9: teacher-conv-clean with CONTEXT_NOISE=0
 CONV_DRAW_SHIFT=${CONV_DRAW_SHIFT:-3}  # the conv run's training draws: 20 puts most of them above sigma 0.9
-case "$PART" in phases|map|local|decoders|warm|conv) ;; *) echo "usage: $0 [phases|map|local|decoders|warm|conv]" >&2; exit 2;; esac
+PRED_CHANNELS=${PRED_CHANNELS:-96}
+PRED_BLOCKS=${PRED_BLOCKS:-6}
+PRED_STEPS=${PRED_STEPS:-30000}
+PRED_NAME=${PRED_NAME:-teacher-pred}
+PRED_FROM=${PRED_FROM:-worldsdk/worlds/pong.safetensors}  # the shipped student: a teacher again after 500 steps (warm)
+case "$PART" in phases|map|local|decoders|warm|conv|predictor) ;;
+  *) echo "usage: $0 [phases|map|local|decoders|warm|conv|predictor]" >&2; exit 2;; esac
 mkdir -p "$RUN"
 
 if [ ! -f data/pong/index.json ]; then
@@ -65,8 +76,8 @@ if [ ! -f data/pong-fresh/index.json ]; then  # held out: new seeds, both player
   worldsdk record --env ALE/Pong-v5 --episodes 6 --policy random --seed 8000 --style-switch-fraction 0.25 --out data/pong-fresh --quiet
 fi
 
-case "$PART" in  # warm and conv start from the shipped world: its autoencoder, hence the latents its weights know
-  warm|conv)
+case "$PART" in  # warm, conv and predictor start from the shipped world: its autoencoder, hence the latents its weights know
+  warm|conv|predictor)
     AE="$RUN/autoencoder-shipped/autoencoder.safetensors"; LATENTS="$RUN/latents-shipped"
     [ -f "$AE" ] || python -c "
 from pathlib import Path
@@ -126,6 +137,12 @@ if [ "$PART" = conv ]; then
   worldsdk-train stage=teacher stage.init="$RUN/teacher-warm/world.safetensors" +stage.grow.local_channels="$LOCAL_CHANNELS" \
     'stage.trainable=[local]' stage.draw_shift="$CONV_DRAW_SHIFT" stage.context_noise="$CONTEXT_NOISE" run_dir="$RUN/$CONV_NAME" \
     loop.max_steps="$CONV_STEPS" "${COMMON[@]}" loop.batch_size="$CONV_BATCH"
+  exit 0
+fi
+if [ "$PART" = predictor ]; then
+  worldsdk-train stage=teacher stage.init="$PRED_FROM" +stage.grow.predictor_channels="$PRED_CHANNELS" \
+    +stage.grow.predictor_blocks="$PRED_BLOCKS" stage.draw_shift=3 stage.context_noise="$CONTEXT_NOISE" run_dir="$RUN/$PRED_NAME" \
+    loop.max_steps="$PRED_STEPS" "${COMMON[@]}"
   exit 0
 fi
 if [ "$PART" = local ]; then

@@ -44,15 +44,16 @@ def stream(model, x, t, text, actions, commit_x=None, commit_t=None):
     return torch.cat(outs, dim=2)
 
 
-@pytest.mark.parametrize("chunk,frames,context,skip,action_map,local", [
-    (1, 6, 0, 0, False, 0), (2, 8, 0, 0, False, 0), (3, 9, 0, 0, False, 0), (4, 8, 0, 0, False, 0),
-    (1, 6, 2, 0, False, 0), (2, 8, 2, 0.3, False, 0), (3, 9, 1, 0.5, False, 0), (2, 8, 0, 0, True, 0),
-    (2, 8, 2, 0.3, True, 0), (3, 9, 0, 0, False, 8), (2, 8, 2, 0.3, True, 8)])
+@pytest.mark.parametrize("chunk,frames,context,skip,action_map,local,predictor", [
+    (1, 6, 0, 0, False, 0, 0), (2, 8, 0, 0, False, 0, 0), (3, 9, 0, 0, False, 0, 0), (4, 8, 0, 0, False, 0, 0),
+    (1, 6, 2, 0, False, 0, 0), (2, 8, 2, 0.3, False, 0, 0), (3, 9, 1, 0.5, False, 0, 0), (2, 8, 0, 0, True, 0, 0),
+    (2, 8, 2, 0.3, True, 0, 0), (3, 9, 0, 0, False, 8, 0), (2, 8, 2, 0.3, True, 8, 0), (2, 8, 2, 0.3, False, 0, 8),
+    (3, 9, 1, 0, False, 0, 8)])
 @torch.no_grad()
-def test_streaming_equals_block_causal_forward(chunk, frames, context, skip, action_map, local):
+def test_streaming_equals_block_causal_forward(chunk, frames, context, skip, action_map, local, predictor):
     # the window holds all `frames` of history
     model = make(chunk, frames + chunk, context_frames=context, context_skip=skip, action_map=action_map,
-                 local_channels=local)
+                 local_channels=local, predictor_channels=predictor, predictor_blocks=1)
     x, t, text, actions = inputs(model, frames=frames)
     full = model.forward_causal(x, t, text, actions)
     streamed = stream(model, x, t, text, actions)
@@ -60,13 +61,14 @@ def test_streaming_equals_block_causal_forward(chunk, frames, context, skip, act
     assert (full - streamed).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("chunk,frames,context,skip,action_map,local", [
-    (1, 5, 0, 0, False, 0), (2, 8, 0, 0, False, 0), (3, 9, 0, 0, False, 0), (2, 8, 2, 0.3, False, 0),
-    (1, 5, 3, 0, False, 0), (2, 8, 2, 0.3, True, 0), (2, 8, 2, 0.3, True, 8)])
+@pytest.mark.parametrize("chunk,frames,context,skip,action_map,local,predictor", [
+    (1, 5, 0, 0, False, 0, 0), (2, 8, 0, 0, False, 0, 0), (3, 9, 0, 0, False, 0, 0), (2, 8, 2, 0.3, False, 0, 0),
+    (1, 5, 3, 0, False, 0, 0), (2, 8, 2, 0.3, True, 0, 0), (2, 8, 2, 0.3, True, 8, 0), (2, 8, 2, 0.3, True, 0, 8),
+    (3, 9, 2, 0.3, False, 0, 8)])
 @torch.no_grad()
-def test_streaming_with_clean_commits_equals_teacher_forcing(chunk, frames, context, skip, action_map, local):
+def test_streaming_with_clean_commits_equals_teacher_forcing(chunk, frames, context, skip, action_map, local, predictor):
     model = make(chunk, frames + chunk, context_frames=context, context_skip=skip, action_map=action_map,
-                 local_channels=local)
+                 local_channels=local, predictor_channels=predictor, predictor_blocks=1)
     noisy, t, text, actions = inputs(model, frames=frames)
     clean = inputs(model, frames=frames, seed=7)[0]
     tf = model.forward_teacher_forcing(clean, noisy, t, text, actions)
@@ -311,3 +313,35 @@ def test_the_local_path_is_local_per_frame_and_starts_as_a_no_op():
     assert not fresh.local.out.weight.any() and not fresh.local.out.bias.any()
     with pytest.raises(ValueError, match="local_channels"):
         replace(model.config, local_channels=12)
+
+
+@torch.no_grad()
+def test_the_history_predictor_reads_history_and_the_chunks_actions_and_is_the_skips_reference():
+    model = make(2, 8, context_frames=2, context_skip=0.3, predictor_channels=8, predictor_blocks=1)
+    x, t, text, actions = inputs(model, frames=8)
+    clean = inputs(model, frames=8, seed=5)[0]
+    context = model._clip_context(clean)
+    predicted = model.predictor(context, actions)  # (B, C, F, H, W)
+    # the frames of a chunk from the two clean frames before it and the chunk's own actions, nothing else
+    later = clean.clone()
+    later[:, :, 4:] += 1.0  # frames 4.. are history only for the chunk at 6
+    moved = model.predictor(model._clip_context(later), actions) - predicted
+    assert moved[:, :, :6].abs().max() == 0 and moved[:, :, 6:].abs().min() > 0
+    other = actions.clone()
+    other[:, 3] += 1.0  # the second frame of the chunk at 2: both of its frames read it, no other chunk does
+    changed = (model.predictor(context, other) - predicted).abs().amax(dim=(0, 1, 3, 4))
+    assert changed[2] > 1e-4 and changed[3] > 1e-4 and changed[[0, 1, 4, 5, 6, 7]].max() == 0
+    # it is the skip's reference: with the trunk's head at zero, x0 at sigma 1 is the prediction
+    model.head.head.weight.zero_()
+    model.head.head.bias.zero_()
+    v, prediction = model.forward_teacher_forcing(clean, x, torch.full_like(t, 1000.0), text, actions,
+                                                  with_prediction=True)
+    assert torch.allclose(prediction, predicted) and torch.allclose((x - v)[:, :, 2:], predicted[:, :, 2:], atol=1e-5)
+    # a new predictor says "nothing moved" and a new embedding adds nothing: a grown model computes what it did
+    plain = make(2, 8, context_frames=2, context_skip=0.3)
+    grown = CausalDiT(replace(plain.config, predictor_channels=8, predictor_blocks=1)).eval()
+    grown.load_state_dict(plain.state_dict(), strict=False)
+    assert torch.equal(grown.predictor(context, actions)[:, :, 2:], clean[:, :, [1, 1, 3, 3, 5, 5]])
+    assert torch.allclose(grown.forward_causal(x, t, text, actions), plain.forward_causal(x, t, text, actions), atol=1e-5)
+    with pytest.raises(ValueError, match="predictor_channels"):
+        replace(plain.config, context_frames=0, context_skip=0.0, predictor_channels=8)

@@ -174,6 +174,31 @@ def test_teacher_forcing_with_context_noise_sees_a_noised_labelled_history():
         O.teacher_loss(model, x0, cond, "bidirectional", D.Schedule(), context_noise=0.5)
 
 
+def test_the_history_predictor_adds_its_own_regression_and_learns_a_motion():
+    model = tiny(2, context_frames=2, context_skip=0.33, predictor_channels=8, predictor_blocks=1).train()
+    x0, cond = batch(model)
+    x0 = torch.stack([x0[:, :, 0].roll(i, dims=-1) for i in range(x0.shape[2])], dim=2)  # a pattern moving 1 px a frame
+    fc = model.config.frames_per_chunk
+    torch.manual_seed(3)
+    diffusion, _ = O.teacher_loss(model, x0, cond, "teacher_forcing", D.Schedule())
+    torch.manual_seed(3)
+    both, logs = O.teacher_loss(model, x0, cond, "teacher_forcing", D.Schedule(), predictor_weight=0.5)
+    prediction = model.predictor(model._clip_context(x0), cond.actions)
+    expected = (prediction[:, :, fc:] - x0[:, :, fc:]).pow(2).mean()  # every frame that has history in the clip
+    assert abs(logs["predictor_loss"].item() - expected.item()) < 1e-6
+    assert abs(both.item() - diffusion.item() - 0.5 * expected.item()) < 1e-5
+    opt = torch.optim.AdamW(model.predictor.parameters(), lr=3e-3)
+    first = expected.item()
+    for _ in range(60):
+        loss, logs = O.teacher_loss(model, x0, cond, "teacher_forcing", D.Schedule(), predictor_weight=1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert logs["predictor_loss"].item() < 0.5 * first  # it learns where the pattern goes from the frames before
+    with pytest.raises(ValueError, match="history predictor"):
+        O.teacher_loss(model, x0, cond, "bidirectional", D.Schedule(), predictor_weight=1.0)
+
+
 def test_self_rollout_keeps_gradients_only_through_the_exit_step():
     gen = tiny().train()
     x0, cond = batch(gen, b=1)

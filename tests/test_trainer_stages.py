@@ -300,6 +300,24 @@ def test_a_teacher_grows_a_new_pathway_on_its_initial_world(chain):
     assert not model.config.action_map  # the preset itself is unchanged
 
 
+def test_a_teacher_grown_with_a_history_predictor_trains_and_probes_it(chain, tmp_path):
+    """+stage.grow.predictor_channels: the predictor's own regression is logged beside the loss, it trains
+    (zero when grown), and each eval's probe gets its own row of scores."""
+    from trainers.logger import read_metrics
+
+    root, ae, latents = chain
+    base = train(root / "pred-base", {"name": "teacher", "mode": "teacher_forcing", "latents": latents, "autoencoder": ae})
+    stage = {"name": "teacher", "latents": latents, "init": str(base), "ema_decay": 0.0,
+             "grow": {"context_frames": 2, "context_skip": 0.33, "predictor_channels": 8, "predictor_blocks": 1},
+             "probe_data": str(root / "pong"), "probe_split": "all", "probe_clips_per_episode": 1, "probe_sigmas": [1.0]}
+    run({"run_dir": str(tmp_path / "p"), "loop": loop(3, eval_every=2), "model": TINY, "stage": stage})
+    records = read_metrics(tmp_path / "p")
+    assert all(r["teacher/predictor_loss"] > 0 for r in records if "teacher/loss" in r)
+    probe = [r for r in records if "eval/probe/predictor/ball_frames" in r]
+    assert len(probe) == 1 and probe[0]["eval/probe/predictor/ball_frames"] == probe[0]["eval/probe/1/ball_frames"]
+    assert World.load(tmp_path / "p" / "world.safetensors").model.predictor.out.weight.abs().sum() > 0
+
+
 def test_a_teacher_trains_only_the_parts_it_is_told_to(chain):
     root, ae, latents = chain
     base = train(root / "part-base", {"name": "teacher", "mode": "teacher_forcing", "latents": latents, "autoencoder": ae})

@@ -84,7 +84,7 @@ def _x0(model_v: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.
 
 def teacher_loss(model: CausalDiT, x0: torch.Tensor, cond: Conditioning, mode: str, schedule: D.Schedule,
                  token_weight: torch.Tensor | None = None, draw: D.Schedule | None = None,
-                 context_noise: float = 0.0) -> tuple[torch.Tensor, dict]:
+                 context_noise: float = 0.0, predictor_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Bell-weighted v-MSE of the world model in one of three attention layouts.
 
     teacher_forcing: clean + noisy copies, per-chunk t, each chunk sees the clean history (the AR teacher);
@@ -92,6 +92,10 @@ def teacher_loss(model: CausalDiT, x0: torch.Tensor, cond: Conditioning, mode: s
     bidirectional: full attention, one t per clip (real score, critic initialisation, SF teacher).
     `draw` (default `schedule`) is the schedule whose grid sigma is drawn from; the loss weight is `schedule`'s.
     `context_noise` (teacher_forcing only): the clean history is corrupted (`corrupt_history`).
+    `predictor_weight` (teacher_forcing, a model with `ModelConfig.predictor_channels`): plus this times the
+    history predictor's own MSE against the frames it predicts, on every frame after the clip's first chunk
+    (which has no history in the clip): the regression of benchmarks/ball_from_history.py, which teaches the
+    motion from history at every draw of sigma, not only the high ones.
     """
     if mode not in TEACHER_MODES:
         raise ValueError(f"teacher mode must be one of {TEACHER_MODES}, got {mode!r}")
@@ -103,15 +107,25 @@ def teacher_loss(model: CausalDiT, x0: torch.Tensor, cond: Conditioning, mode: s
     noise = torch.randn_like(x0)
     x_t = D.add_noise(x0, noise, sigma)
     t = D.sigma_to_t(sigma)
+    if predictor_weight and (mode != "teacher_forcing" or model.predictor is None):
+        raise ValueError(f"predictor_weight trains a history predictor in teacher forcing; mode {mode} with "
+                         f"predictor_channels={model.config.predictor_channels} has none")
     if mode == "teacher_forcing":
         history, history_t = corrupt_history(x0, context_noise)
-        v = model.forward_teacher_forcing(history, x_t, t, cond.text, cond.actions, clean_t=history_t)
+        v, prediction = model.forward_teacher_forcing(history, x_t, t, cond.text, cond.actions, clean_t=history_t,
+                                                      with_prediction=True)
     elif mode == "diffusion_forcing":
         v = model.forward_causal(x_t, t, cond.text, cond.actions)
     else:
         v = model.forward_bidirectional(x_t, t, cond.text, cond.actions)
     loss = D.flow_matching_loss(v, x0, noise, t, schedule.shift, token_weight)
-    return loss, {"loss": loss.detach(), "sigma": sigma.mean().detach()}
+    stats = {"loss": loss.detach(), "sigma": sigma.mean().detach()}
+    if predictor_weight:
+        fc = model.config.frames_per_chunk
+        regression = (prediction[:, :, fc:] - x0[:, :, fc:].float()).pow(2).mean()
+        loss = loss + predictor_weight * regression
+        stats["predictor_loss"] = regression.detach()
+    return loss, stats
 
 
 # ----------------------------------------------------------------------------------------------

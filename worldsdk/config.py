@@ -71,6 +71,15 @@ class ModelConfig:
     # computes what it did. 0 = off.
     local_channels: int = 0
     local_blocks: int = 4  # residual blocks of two 3x3 convolutions in the local path
+    # A convolutional predictor of each frame from history alone (needs context_frames): 3x3 convolutions
+    # over the context frames and the actions of the frame's chunk, predicting the change from the last
+    # context frame, as benchmarks/ball_from_history.py's stand-alone net does (2-3x the trunk's ball from
+    # history; docs/worlds.md, sessions 8-10). Its prediction replaces the last context frame as the
+    # reference of the skip (context_skip) and enters the trunk as one more input at each token's place;
+    # a teacher trains it with its own regression loss (stage.predictor_weight). Its output starts at
+    # "nothing moved", so a grown model computes what it did. 0 = off.
+    predictor_channels: int = 0
+    predictor_blocks: int = 6
     rope_theta: float = 10000.0
     eps: float = 1e-6
     cross_attn_norm: bool = True
@@ -93,6 +102,11 @@ class ModelConfig:
         if self.local_channels < 0 or self.local_channels % 8 or self.local_blocks < 0:
             raise ValueError(f"local_channels must be 0 (off) or a positive multiple of 8 and local_blocks >= 0, "
                              f"got {self.local_channels} and {self.local_blocks}")
+        if self.predictor_channels < 0 or self.predictor_channels % 8 or self.predictor_blocks < 0 or (
+                self.predictor_channels and not self.context_frames):
+            raise ValueError(f"predictor_channels must be 0 (off) or a positive multiple of 8, with context_frames >= 1 "
+                             f"and predictor_blocks >= 0; got {self.predictor_channels}, {self.context_frames} and "
+                             f"{self.predictor_blocks}")
         if self.action_map and not self.action_dim:
             raise ValueError("action_map needs an action-conditioned model (action_dim >= 1)")
         if self.latent_frames_max % self.frames_per_chunk:

@@ -15,6 +15,8 @@ Read off the decoded prediction with the game's object finders:
   paddle error     the player's paddle centre, px (a prediction without a paddle counts as missing).
 Controls computed in the same run: the real frames through the autoencoder (the ceiling) and the
 last history frame repeated (a world that copies instead of predicting: the floor of the dynamics).
+A world with a history predictor (`ModelConfig.predictor_channels`) gets one more row: the predictor's
+own frames, the reference its sigma-1 prediction starts from.
 """
 
 from __future__ import annotations
@@ -106,10 +108,11 @@ def object_scores(real: np.ndarray, generated: np.ndarray, styles: list[str], ga
 
 @torch.no_grad()
 def predict_next_chunks(world, clips: ProbeClips, sigma: float, seed: int = 0, batch: int = 16,
-                        last_chunk_action: int | None = None) -> np.ndarray:
+                        last_chunk_action: int | None = None, predictor: bool = False) -> np.ndarray:
     """x0 of every chunk of every clip, noised to `sigma`, with the real clean frames before it as
     history, decoded: uint8 (N, F, H, W, 3). `last_chunk_action` replaces the real actions of each
-    clip's last chunk (whose prediction nothing else reads)."""
+    clip's last chunk (whose prediction nothing else reads). `predictor`: the frames of the world's
+    history predictor instead (`ModelConfig.predictor_channels`; sigma does not matter to it)."""
     model, codec = world.model, world.codec
     out = []
     g = torch.Generator().manual_seed(seed)
@@ -126,8 +129,8 @@ def predict_next_chunks(world, clips: ProbeClips, sigma: float, seed: int = 0, b
         noise = torch.randn(x0.shape, generator=g).to(x0)
         s = torch.full((b, f), float(sigma), device=x0.device)
         x_t = D.add_noise(x0, noise, s)
-        v = model.forward_teacher_forcing(x0, x_t, D.sigma_to_t(s), text, features).float()
-        pred = D.x0_from_velocity(x_t, v, s)
+        v, prediction = model.forward_teacher_forcing(x0, x_t, D.sigma_to_t(s), text, features, with_prediction=True)
+        pred = prediction if predictor else D.x0_from_velocity(x_t, v.float(), s)
         out += [codec.decode_chunk(p[None], [codec.decoder_state()]).cpu().numpy()[0] for p in pred]
     return np.stack(out)
 
@@ -147,6 +150,9 @@ def probe(world, clips: ProbeClips, sigmas=PROBE_SIGMAS, seed: int = 0, radius: 
     with torch.no_grad():
         recon = np.stack([world.codec.decode_chunk(world.codec.encode_video(torch.from_numpy(c).to(world.device)),
                                                    [world.codec.decoder_state()]).cpu().numpy()[0] for c in clips.frames])
+    if world.model.predictor is not None:  # what the history predictor alone makes of the same chunks
+        pred = predict_next_chunks(world, clips, 1.0, seed, predictor=True)[:, chunk:]
+        results["predictor"] = object_scores(flat(real), flat(pred), styles, clips.game, radius)
     results["autoencoder"] = object_scores(flat(real), flat(recon[:, chunk:]), styles, clips.game, radius)
     # repeat the last frame before each chunk: what a world that ignores the dynamics would draw
     starts = np.arange(chunk, clips.frames.shape[1]) // chunk * chunk - 1

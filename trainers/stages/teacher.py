@@ -62,6 +62,9 @@ class TeacherStageConfig:
     # teacher_forcing: the clean history corrupted with noise up to this level, given as its timestep
     # (GameNGen's context augmentation, against the drift of long rollouts); 0: clean history
     context_noise: float = 0.0
+    # teacher_forcing, a model with a history predictor (ModelConfig.predictor_channels, e.g. grown with
+    # +stage.grow.predictor_channels=96): the weight of its own regression loss beside the diffusion loss
+    predictor_weight: float = 1.0
     timestep_shift: float = 0.0  # 0: the preset's (or the initial world's) schedule; else written into the world's
     ema_decay: float = 0.999
     # A recorded dataset of the same game: each eval (loop.eval_every) runs the learnability probe
@@ -156,8 +159,9 @@ class TeacherStage(Stage):
         motion = worlds.motion_weight(x0, self.config.motion_weight)
         if motion is not None:
             weight = motion if weight is None else weight + motion - 1.0
+        predictor = self.config.predictor_weight if self.model.predictor is not None and self.config.mode == "teacher_forcing" else 0.0
         return teacher_loss(self.model, x0, cond, self.config.mode, self.schedule, weight, draw=self.draw_schedule,
-                            context_noise=self.config.context_noise)
+                            context_noise=self.config.context_noise, predictor_weight=predictor)
 
     def evaluate(self, step: int, weights: Mapping[str, nn.Module]) -> dict[str, float]:
         if self.probe_clips is None:

@@ -118,7 +118,10 @@ def grown_model(model: CausalDiT, changes: Mapping[str, Any]) -> CausalDiT:
             raise ValueError(f"stage.grow {dict(changes)}: the initial model's {name} {tuple(value.shape)} has no "
                              f"place in the grown model (only additions are possible: a new pathway, not new shapes)")
     added = grown.load_state_dict(model.state_dict(), strict=False).missing_keys
-    log.info("grew the initial model with %s: new parameters %s", dict(changes), added)
+    parts = sorted({name.split(".")[0] for name in added})  # the new pathways, not each of their tensors
+    sizes = {part: sum(own[n].numel() for n in added if n.split(".")[0] == part) for part in parts}
+    log.info("grew the initial model with %s: new parts %s", dict(changes),
+             ", ".join(f"{part} ({size:,} parameters)" for part, size in sizes.items()))
     return grown
 
 

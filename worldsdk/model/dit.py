@@ -230,6 +230,41 @@ class LocalPath(nn.Module):
         return out.unflatten(0, (b, f)).transpose(1, 2)
 
 
+class HistoryPredictor(nn.Module):
+    """The predictor of `ModelConfig.predictor_channels`: the frames of each chunk from the context frames
+    before it and the chunk's actions, as a change from the last context frame, by 3x3 convolutions on
+    the latent grid (the stand-alone net of benchmarks/ball_from_history.py, inside the world). It sees
+    neither the noisy frames nor sigma, so one prediction serves every denoising step of a chunk."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c, k, fc, width = config.latent_channels, config.context_frames, config.frames_per_chunk, config.predictor_channels
+        self.channels, self.context_frames, self.frames_per_chunk = c, k, fc
+        action_inputs = fc * (config.action_dim + 1) if config.action_dim else 0
+        self.inp = nn.Conv2d(k * (c + 1) + action_inputs, width, 3, padding=1)
+        self.blocks = nn.Sequential(*[LocalBlock(width) for _ in range(config.predictor_blocks)])
+        self.norm = nn.GroupNorm(8, width)
+        self.out = nn.Conv2d(width, fc * c, 3, padding=1)
+
+    def forward(self, context: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
+        """context (B, K * (C + 1), F, H, W) of frames starting at a chunk boundary (`clip_context`); actions
+        (B, F, A + 1) or None -> the predicted frames (B, C, F, H, W)."""
+        b, _, f, h, w = context.shape
+        c, k, fc = self.channels, self.context_frames, self.frames_per_chunk
+        dtype = self.inp.weight.dtype
+        first = context[:, :, ::fc].transpose(1, 2)  # each chunk's context (its frames share it): (B, n, ., H, W)
+        n = first.shape[1]
+        parts = [first]
+        if actions is not None:  # the actions of the chunk's frames, zeros past the end of a clip
+            padded = F.pad(actions, (0, 0, 0, n * fc - f)).reshape(b, n, -1)
+            parts.append(padded[..., None, None].expand(-1, -1, -1, h, w))
+        z = torch.cat([p.to(dtype) for p in parts], dim=2).flatten(0, 1)  # (B * n, inputs, H, W)
+        change = self.out(F.silu(self.norm(self.blocks(self.inp(z))))).float()
+        change = change.reshape(b, n, fc, c, h, w).flatten(1, 2)[:, :f].permute(0, 2, 1, 3, 4)  # (B, C, F, H, W)
+        last = context[:, (k - 1) * c : k * c].float()  # the newest context frame (zeros where there is none)
+        return last + change
+
+
 class CausalDiT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -254,6 +289,11 @@ class CausalDiT(nn.Module):
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.num_layers)])
         self.head = Head(config)
         self.local = LocalPath(config) if config.local_channels else None
+        if config.predictor_channels:  # the history predictor, and its prediction as an input at each token's place
+            self.predictor = HistoryPredictor(config)
+            self.prediction_embedding = nn.Conv3d(config.latent_channels, dim, kernel_size=config.patch, stride=config.patch)
+        else:
+            self.predictor, self.prediction_embedding = None, None
         self.rope = Rope3D(config)
         self.initialize_weights()
 
@@ -277,6 +317,10 @@ class CausalDiT(nn.Module):
         if self.local is not None:  # and the local path
             nn.init.zeros_(self.local.out.weight)
             nn.init.zeros_(self.local.out.bias)
+        if self.predictor is not None:  # and the predictor ("nothing moved") and its input to the trunk
+            for layer in (self.predictor.out, self.prediction_embedding):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     # -- inference set-up ---------------------------------------------------------------------------
     FP32_MODULES = ("time_embedding", "time_projection", "action_embedding", "rope")
@@ -325,11 +369,18 @@ class CausalDiT(nn.Module):
         """(B, C, F, H, W) -> tokens (B, F * T, dim), frame-major."""
         return self.patch_embedding(x.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
 
-    def _embed(self, x: torch.Tensor, context: torch.Tensor | None, actions: torch.Tensor | None = None) -> torch.Tensor:
+    def _predict(self, context: torch.Tensor | None, actions: torch.Tensor | None) -> torch.Tensor | None:
+        """The history predictor's frames (B, C, F, H, W) for frames with this context; None without one."""
+        return None if self.predictor is None else self.predictor(context, actions)
+
+    def _embed(self, x: torch.Tensor, context: torch.Tensor | None, actions: torch.Tensor | None = None,
+               prediction: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens of latents (B, C, F, H, W) whose frames start at a chunk boundary, plus their context
-        frames (B, K * (C + 1), F, H, W) and their actions' map (B, F, A + 1) when the model has them.
-        -> (B, F * T, dim)."""
+        frames (B, K * (C + 1), F, H, W), their actions' map (B, F, A + 1) and the history predictor's
+        frames (B, C, F, H, W) when the model has them. -> (B, F * T, dim)."""
         h = self._patchify(x)
+        if prediction is not None:
+            h = h + self.prediction_embedding(prediction.to(h.dtype)).flatten(2).transpose(1, 2)
         if self.action_map is not None:
             if actions is None:
                 raise ValueError("this model is action-conditioned: pass action features (B, F, action_dim + 1)")
@@ -344,15 +395,16 @@ class CausalDiT(nn.Module):
         return h + slot.repeat_interleave(self.config.tokens_per_frame, dim=0)
 
     def _output(self, h: torch.Tensor, e: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
-                context: torch.Tensor | None, actions: torch.Tensor | None) -> torch.Tensor:
+                context: torch.Tensor | None, actions: torch.Tensor | None,
+                prediction: torch.Tensor | None = None) -> torch.Tensor:
         """The head's v for tokens h of latents x (B, C, F, H, W) at timesteps t, plus the skip around
-        the last context frame when the model has one (`skip_velocity`), plus the local path's
-        correction when it has one (`LocalPath`)."""
+        the history predictor's frames, or the last context frame without one, when the model has a skip
+        (`skip_velocity`), plus the local path's correction when it has one (`LocalPath`)."""
         v = self._unpatchify(self.head(h, e), x.shape[2])
         sigma = t_to_sigma(t).float()
         if self.config.context_skip:
             c, k = self.config.latent_channels, self.config.context_frames
-            reference = context[:, (k - 1) * c : k * c]  # the newest context frame, (B, C, F, H, W)
+            reference = context[:, (k - 1) * c : k * c] if prediction is None else prediction  # (B, C, F, H, W)
             present = context[:, k * c + k - 1, :, 0, 0]  # its presence flag, (B, F)
             prior = skip_velocity(x, sigma, reference, present, self.config.context_skip)
             v = (v.float() + prior).to(v.dtype)
@@ -392,10 +444,11 @@ class CausalDiT(nn.Module):
         rope = self.rope(torch.arange(f, device=x.device).expand(b, -1))
         text_kv = self.embed_text(text)
         context = self._clip_context(x)  # causal and full attention see the input's own frames
-        h = self._embed(x, context, actions)
+        prediction = self._predict(context, actions)
+        h = self._embed(x, context, actions, prediction)
         for block, kv in zip(self.blocks, text_kv):
             h, _, _ = block(h, e0, rope, rope, mask, kv)
-        return self._output(h, e, x, t, context, actions)
+        return self._output(h, e, x, t, context, actions, prediction)
 
     # -- whole-clip entry points -----------------------------------------------------------------------
     def forward_bidirectional(self, x, t, text, actions=None) -> torch.Tensor:
@@ -408,11 +461,12 @@ class CausalDiT(nn.Module):
         mask = block_causal_mask(x.shape[2], cfg.frames_per_chunk, cfg.tokens_per_frame, x.device)
         return self._sequence(x, t, text, actions, mask)
 
-    def forward_teacher_forcing(self, clean, noisy, t, text, actions=None, clean_t=None) -> torch.Tensor:
+    def forward_teacher_forcing(self, clean, noisy, t, text, actions=None, clean_t=None, with_prediction=False):
         """Teacher forcing (Causal Forcing stage 1): v for the noisy copy, each chunk seeing clean history.
 
         clean, noisy: (B, C, F, H, W); t: (B, F) timesteps of the noisy copy (the clean copy has t = 0, or
         `clean_t` (B, F): a history corrupted with noise of that level, GameNGen's context augmentation).
+        `with_prediction`: return (v, the history predictor's frames (B, C, F, H, W) or None), for its loss.
         """
         self._check(noisy, t)
         cfg = self.config
@@ -427,11 +481,14 @@ class CausalDiT(nn.Module):
         mask = teacher_forcing_mask(f, cfg.frames_per_chunk, cfg.tokens_per_frame, noisy.device)
         text_kv = self.embed_text(text)
         context = self._clip_context(clean)  # both copies see the clean frames before their chunk
-        h = torch.cat([self._embed(clean, context, actions), self._embed(noisy, context, actions)], dim=1)  # (B, 2 F T, dim)
+        prediction = self._predict(context, actions)
+        h = torch.cat([self._embed(clean, context, actions, prediction),
+                       self._embed(noisy, context, actions, prediction)], dim=1)  # (B, 2 F T, dim)
         for block, kv in zip(self.blocks, text_kv):
             h, _, _ = block(h, e0, rope, rope, mask, kv)
         half = f * cfg.tokens_per_frame
-        return self._output(h[:, half:], e[:, f:], noisy, t, context, actions)
+        v = self._output(h[:, half:], e[:, f:], noisy, t, context, actions, prediction)
+        return (v, prediction) if with_prediction else v
 
     # -- streaming entry points --------------------------------------------------------------------------
     def _stream(self, x, t, actions, cache: KVCache, with_head: bool):
@@ -448,14 +505,15 @@ class CausalDiT(nn.Module):
             if cache.recent is None:
                 raise ValueError("this model reads context frames: make its cache with KVCache.empty(model.config, ...)")
             context = recent_context(cache.recent, cache.recent_valid, f)
-        h = self._embed(x, context, actions)
+        prediction = self._predict(context, actions)
+        h = self._embed(x, context, actions, prediction)
         new_k, new_v = [], []
         for layer, block in enumerate(self.blocks):
             text_kv = (cache.text_keys[layer], cache.text_values[layer])
             h, k, v = block(h, e0, rope_q, rope_k, mask, text_kv, partial(cache.extend, layer))
             new_k.append(k)
             new_v.append(v)
-        out = self._output(h, e, x, t, context, actions) if with_head else None
+        out = self._output(h, e, x, t, context, actions, prediction) if with_head else None
         return out, new_k, new_v
 
     def denoise_chunk(self, x, t, actions, cache: KVCache) -> torch.Tensor:
