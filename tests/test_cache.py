@@ -63,6 +63,31 @@ def test_stack_and_split_round_trip():
         assert all(torch.equal(a, b) for a, b in zip(part.keys, original.keys))
 
 
+def test_a_predictors_clean_history_is_kept_batched_viewed_and_cleared_with_the_rest():
+    from dataclasses import replace
+
+    cfg = replace(MODEL_PRESETS["tiny"], context_frames=2, context_skip=0.3, predictor_channels=8, predictor_blocks=1)
+    model = perturb_(CausalDiT(cfg).eval())
+    plain = KVCache.empty(replace(cfg, predictor_channels=0), 1)
+    assert plain.recent_clean is None  # only a model with a history predictor keeps it
+    caches = []
+    for n in (1, 2):
+        cache = KVCache.empty(cfg, 1)
+        for i in range(n):
+            clean = torch.full((1, 4, 2, 8, 8), float(10 * n + i))
+            model.commit_chunk(clean + 0.5, torch.full((1, 2), 250.0), torch.zeros(1, 2, 7), cache, clean=clean)
+        assert torch.equal(cache.recent, cache.recent_clean + 0.5)  # the noised frames beside the clean ones
+        caches.append(cache)
+    assert caches[0].nbytes() == plain.nbytes() + caches[0].recent_clean.numel() * 4
+    stacked = KVCache.stack(caches)
+    assert stacked.recent_clean[:, 0, :, 0, 0].tolist() == [[10.0, 10.0], [21.0, 21.0]]
+    second = stacked.item(1)
+    model.commit_chunk(torch.zeros(1, 4, 2, 8, 8), torch.zeros(1, 2), torch.zeros(1, 2, 7), second)
+    assert stacked.recent_clean[1, 0, :, 0, 0].tolist() == [0.0, 0.0]  # written through the view, in place
+    stacked.clear(0)
+    assert not stacked.recent_clean[0].any() and stacked.recent_clean[1].shape == (4, 2, 8, 8)
+
+
 # -- the rolled window against a reference that recomputes it --------------------------------------------
 
 

@@ -27,7 +27,7 @@ def inputs(model, batch=2, frames=None, seed=1):
     return x, t, text, actions
 
 
-def stream(model, x, t, text, actions, commit_x=None, commit_t=None):
+def stream(model, x, t, text, actions, commit_x=None, commit_t=None, commit_clean=None):
     """Run chunk by chunk against a cache; commit either the same inputs or the given clean ones."""
     cfg = model.config
     b, f, c = x.shape[0], x.shape[2], cfg.frames_per_chunk
@@ -40,7 +40,8 @@ def stream(model, x, t, text, actions, commit_x=None, commit_t=None):
         outs.append(model.denoise_chunk(x[:, :, sl], t[:, sl], actions[:, sl], cache))
         cx = x if commit_x is None else commit_x
         ct = t if commit_t is None else commit_t
-        model.commit_chunk(cx[:, :, sl], ct[:, sl], actions[:, sl], cache)
+        model.commit_chunk(cx[:, :, sl], ct[:, sl], actions[:, sl], cache,
+                           clean=None if commit_clean is None else commit_clean[:, :, sl])
     return torch.cat(outs, dim=2)
 
 
@@ -345,3 +346,19 @@ def test_the_history_predictor_reads_history_and_the_chunks_actions_and_is_the_s
     assert torch.allclose(grown.forward_causal(x, t, text, actions), plain.forward_causal(x, t, text, actions), atol=1e-5)
     with pytest.raises(ValueError, match="predictor_channels"):
         replace(plain.config, context_frames=0, context_skip=0.0, predictor_channels=8)
+
+
+@torch.no_grad()
+def test_the_history_predictor_reads_the_history_before_its_noise_when_streaming_as_in_teacher_forcing():
+    # GameNGen's noised history for the trunk, the clean frames for the predictor: a cache committed noised
+    # with the clean chunk beside it equals teacher forcing with the noised history and predictor_history
+    model = make(2, 10, context_frames=2, context_skip=0.3, predictor_channels=8, predictor_blocks=1)
+    noisy, t, text, actions = inputs(model, frames=8)
+    clean = inputs(model, frames=8, seed=7)[0]
+    level = torch.full_like(t, 250.0)
+    history = clean + 0.3 * inputs(model, frames=8, seed=9)[0]
+    tf = model.forward_teacher_forcing(history, noisy, t, text, actions, clean_t=level, predictor_history=clean)
+    streamed = stream(model, noisy, t, text, actions, commit_x=history, commit_t=level, commit_clean=clean)
+    assert (tf - streamed).abs().max() < 1e-4
+    noised_only = model.forward_teacher_forcing(history, noisy, t, text, actions, clean_t=level)
+    assert (tf - noised_only).abs().max() > 1e-3  # the predictor's history is its own input

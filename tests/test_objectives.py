@@ -187,6 +187,9 @@ def test_the_history_predictor_adds_its_own_regression_and_learns_a_motion():
     expected = (prediction[:, :, fc:] - x0[:, :, fc:]).pow(2).mean()  # every frame that has history in the clip
     assert abs(logs["predictor_loss"].item() - expected.item()) < 1e-6
     assert abs(both.item() - diffusion.item() - 0.5 * expected.item()) < 1e-5
+    diffusion.backward()  # the rest of the model reads the prediction detached: only the regression trains it
+    assert all(p.grad is None for p in model.predictor.parameters())
+    assert model.prediction_embedding.weight.grad.abs().sum() > 0
     opt = torch.optim.AdamW(model.predictor.parameters(), lr=3e-3)
     first = expected.item()
     for _ in range(60):

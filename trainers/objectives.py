@@ -113,7 +113,7 @@ def teacher_loss(model: CausalDiT, x0: torch.Tensor, cond: Conditioning, mode: s
     if mode == "teacher_forcing":
         history, history_t = corrupt_history(x0, context_noise)
         v, prediction = model.forward_teacher_forcing(history, x_t, t, cond.text, cond.actions, clean_t=history_t,
-                                                      with_prediction=True)
+                                                      with_prediction=True, predictor_history=x0)
     elif mode == "diffusion_forcing":
         v = model.forward_causal(x_t, t, cond.text, cond.actions)
     else:
@@ -217,7 +217,8 @@ def ode_regression_loss(student: CausalDiT, states: torch.Tensor, endpoint: torc
     t = D.sigma_to_t(sigma)
     if causal:
         history, history_t = corrupt_history(clean, context_noise)
-        v = student.forward_teacher_forcing(history, x_t, t, cond.text, cond.actions, clean_t=history_t)
+        v = student.forward_teacher_forcing(history, x_t, t, cond.text, cond.actions, clean_t=history_t,
+                                            predictor_history=clean)
     else:
         if context_noise > 0:
             raise ValueError("context_noise corrupts the clean history of causal ODE pairs; bidirectional pairs have none")

@@ -76,7 +76,7 @@ class ModelConfig:
     # context frame, as benchmarks/ball_from_history.py's stand-alone net does (2-3x the trunk's ball from
     # history; docs/worlds.md, sessions 8-10). Its prediction replaces the last context frame as the
     # reference of the skip (context_skip) and enters the trunk as one more input at each token's place;
-    # a teacher trains it with its own regression loss (stage.predictor_weight). Its output starts at
+    # a teacher trains it with its own regression loss alone (stage.predictor_weight). Its output starts at
     # "nothing moved", so a grown model computes what it did. 0 = off.
     predictor_channels: int = 0
     predictor_blocks: int = 6

@@ -145,12 +145,12 @@ def stream_chunk(model, cache: KVCache, actions: torch.Tensor | None, sampler: S
 
     x0 = sampler.sample(velocity, x, noise, callback, grad_last_only)
     if commit:
-        out = (x0 if clean is None else clean).detach()
+        clean_out = out = (x0 if clean is None else clean).detach()
         if commit_noise > 0:
             out = D.add_noise(out, noise().to(out), commit_noise)
         level = chunk_timesteps(commit_noise, b, f, x.device)
-        with torch.no_grad():
-            model.commit_chunk(out, level, actions, cache)
+        with torch.no_grad():  # the history predictor (if any) reads the chunk before its noise
+            model.commit_chunk(out, level, actions, cache, clean=clean_out)
             if uncond is not None and sampler.guidance != 1.0:
-                model.commit_chunk(out, level, uncond[1], uncond[0])
+                model.commit_chunk(out, level, uncond[1], uncond[0], clean=clean_out)
     return x0

@@ -621,17 +621,19 @@ class World:
         return None if not cfg.action_dim else torch.zeros(batch_size, cfg.frames_per_chunk, cfg.action_dim + 1, device=self.device)
 
     def commit_history(self, latents: torch.Tensor, cache: KVCache, features: torch.Tensor | None = None,
-                       level: float = 0.0) -> None:
+                       level: float = 0.0, clean: torch.Tensor | None = None) -> None:
         """Append latents (B, C, F, h, w) to `cache` chunk by chunk (F a multiple of the chunk), under their
         action features (B, F, action_dim + 1), or without action (None); at timestep `level`: 0 for clean
-        latents, the noise level of latents noised like `WorldSpec.context_noise` asks."""
+        latents, the noise level of latents noised like `WorldSpec.context_noise` asks, with `clean` the
+        same latents before the noise (for a history predictor; default the latents)."""
         cfg = self.model.config
         null = self.no_action_features(latents.shape[0])
         for start in range(0, latents.shape[2], cfg.frames_per_chunk):
-            x = latents[:, :, start : start + cfg.frames_per_chunk]
-            chunk = null if features is None or null is None else features[:, start : start + cfg.frames_per_chunk]
+            span = slice(start, start + cfg.frames_per_chunk)
+            x = latents[:, :, span]
+            chunk = null if features is None or null is None else features[:, span]
             self.model.commit_chunk(x, torch.full((x.shape[0], cfg.frames_per_chunk), D.sigma_to_t(level), device=self.device),
-                                    chunk, cache)
+                                    chunk, cache, clean=None if clean is None else clean[:, :, span])
 
     def _commit_context(self, state: WorldState, context: np.ndarray, actions: Sequence[Any] | None = None) -> np.ndarray:
         """Encode real frames and commit them as clean history, under their actions (one per frame) or
@@ -664,9 +666,9 @@ class World:
         if level > 0:  # the history as the world was trained to read it, from the session's own generator
             noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in state.generators]).to(latents)
             history = D.add_noise(latents, noise, level)
-        self.commit_history(history, state.cache, features, level)
+        self.commit_history(history, state.cache, features, level, clean=latents)
         if state.uncond is not None:  # the unconditional branch sees the same frames, without actions
-            self.commit_history(history, state.uncond, level=level)
+            self.commit_history(history, state.uncond, level=level, clean=latents)
         self._predict_rewards(state, latents, features)  # the reward memory sees the context too
         return context[-chunk:].copy()
 

@@ -35,6 +35,9 @@ class KVCache:
     recent: the last `context_frames` committed clean latents (B, C, K, h, w), oldest first, and
     recent_valid (B, K) 1 where a frame was committed; None for a model without context frames
     (ModelConfig.context_frames). Eviction never touches them: they are always the latest frames.
+    recent_clean: the same frames as they were before the noise of a noised commit
+    (`WorldSpec.context_noise`), which the history predictor reads (ModelConfig.predictor_channels);
+    None for a model without one.
     """
 
     keys: list[torch.Tensor]
@@ -48,6 +51,7 @@ class KVCache:
     sink_frames: int
     recent: torch.Tensor | None = None
     recent_valid: torch.Tensor | None = None
+    recent_clean: torch.Tensor | None = None
 
     @staticmethod
     def empty(config: ModelConfig, batch_size: int, sink_frames: int = 1, device=None, dtype=torch.float32) -> "KVCache":
@@ -73,6 +77,7 @@ class KVCache:
             sink_frames=sink_frames,
             recent=torch.zeros(recent_shape, device=device, dtype=torch.float32) if k else None,
             recent_valid=torch.zeros(batch_size, k, device=device, dtype=torch.float32) if k else None,
+            recent_clean=torch.zeros(recent_shape, device=device, dtype=torch.float32) if config.predictor_channels else None,
         )
 
     @property
@@ -162,14 +167,18 @@ class KVCache:
             if self.lengths[b] > self.capacity_frames:
                 self._evict(b, self.lengths[b] - self.capacity_frames)
 
-    def push_recent(self, latents: torch.Tensor) -> None:
-        """Remember a committed chunk's clean latents (B, C, F, h, w) as the newest context frames."""
+    def push_recent(self, latents: torch.Tensor, clean: torch.Tensor | None = None) -> None:
+        """Remember a committed chunk's latents (B, C, F, h, w) as the newest context frames, and `clean`
+        (default: the latents) as the history predictor's, when they were committed noised."""
         if self.recent is None:
             return
         k = self.recent.shape[2]
         ones = torch.ones(self.batch_size, latents.shape[2], device=self.recent_valid.device, dtype=self.recent_valid.dtype)
         # in place, like commit: a split() view of this cache keeps seeing its item's frames
-        self.recent.copy_(torch.cat([self.recent, latents.detach().to(self.recent)], dim=2)[:, :, -k:])
+        push = lambda buffer, x: buffer.copy_(torch.cat([buffer, x.detach().to(buffer)], dim=2)[:, :, -k:])  # noqa: E731
+        push(self.recent, latents)
+        if self.recent_clean is not None:
+            push(self.recent_clean, latents if clean is None else clean)
         self.recent_valid.copy_(torch.cat([self.recent_valid, ones], dim=1)[:, -k:])
 
     def _evict(self, b: int, frames: int) -> None:
@@ -195,6 +204,8 @@ class KVCache:
         if self.recent is not None:
             self.recent[index] = 0
             self.recent_valid[index] = 0
+        if self.recent_clean is not None:
+            self.recent_clean[index] = 0
 
     # -- batching --------------------------------------------------------------------------------------
     @staticmethod
@@ -212,6 +223,7 @@ class KVCache:
             sink_frames=first.sink_frames,
             recent=torch.cat([c.recent for c in caches]) if with_recent else None,
             recent_valid=torch.cat([c.recent_valid for c in caches]) if with_recent else None,
+            recent_clean=torch.cat([c.recent_clean for c in caches]) if first.recent_clean is not None else None,
         )
 
     def split(self) -> list["KVCache"]:
@@ -230,6 +242,7 @@ class KVCache:
             capacity_frames=self.capacity_frames, sink_frames=self.sink_frames,
             recent=None if self.recent is None else self.recent[start:stop],
             recent_valid=None if self.recent is None else self.recent_valid[start:stop],
+            recent_clean=None if self.recent_clean is None else self.recent_clean[start:stop],
         )
 
     def item(self, b: int) -> "KVCache":
@@ -244,5 +257,5 @@ class KVCache:
         self.lengths[start:stop], self.total[start:stop] = view.lengths, view.total
 
     def nbytes(self) -> int:
-        extra = [] if self.recent is None else [self.recent, self.recent_valid]
+        extra = [x for x in (self.recent, self.recent_valid, self.recent_clean) if x is not None]
         return sum(x.numel() * x.element_size() for xs in (self.keys, self.values, self.text_keys, self.text_values, extra) for x in xs)

@@ -370,7 +370,12 @@ class CausalDiT(nn.Module):
         return self.patch_embedding(x.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
 
     def _predict(self, context: torch.Tensor | None, actions: torch.Tensor | None) -> torch.Tensor | None:
-        """The history predictor's frames (B, C, F, H, W) for frames with this context; None without one."""
+        """The history predictor's frames (B, C, F, H, W) for frames with this context; None without one.
+
+        The rest of the model reads them detached: the predictor learns only from its own regression
+        (`trainers.objectives.teacher_loss`'s predictor_weight), as the stand-alone net of
+        benchmarks/ball_from_history.py does. Trained also through the diffusion loss (the skip's
+        reference, the trunk's input), it learned 3x slower per sample (docs/worlds.md, session 10)."""
         return None if self.predictor is None else self.predictor(context, actions)
 
     def _embed(self, x: torch.Tensor, context: torch.Tensor | None, actions: torch.Tensor | None = None,
@@ -379,8 +384,8 @@ class CausalDiT(nn.Module):
         frames (B, K * (C + 1), F, H, W), their actions' map (B, F, A + 1) and the history predictor's
         frames (B, C, F, H, W) when the model has them. -> (B, F * T, dim)."""
         h = self._patchify(x)
-        if prediction is not None:
-            h = h + self.prediction_embedding(prediction.to(h.dtype)).flatten(2).transpose(1, 2)
+        if prediction is not None:  # detached: the predictor learns from its own regression alone (see _predict)
+            h = h + self.prediction_embedding(prediction.detach().to(h.dtype)).flatten(2).transpose(1, 2)
         if self.action_map is not None:
             if actions is None:
                 raise ValueError("this model is action-conditioned: pass action features (B, F, action_dim + 1)")
@@ -404,7 +409,7 @@ class CausalDiT(nn.Module):
         sigma = t_to_sigma(t).float()
         if self.config.context_skip:
             c, k = self.config.latent_channels, self.config.context_frames
-            reference = context[:, (k - 1) * c : k * c] if prediction is None else prediction  # (B, C, F, H, W)
+            reference = context[:, (k - 1) * c : k * c] if prediction is None else prediction.detach()  # (B, C, F, H, W)
             present = context[:, k * c + k - 1, :, 0, 0]  # its presence flag, (B, F)
             prior = skip_velocity(x, sigma, reference, present, self.config.context_skip)
             v = (v.float() + prior).to(v.dtype)
@@ -461,11 +466,14 @@ class CausalDiT(nn.Module):
         mask = block_causal_mask(x.shape[2], cfg.frames_per_chunk, cfg.tokens_per_frame, x.device)
         return self._sequence(x, t, text, actions, mask)
 
-    def forward_teacher_forcing(self, clean, noisy, t, text, actions=None, clean_t=None, with_prediction=False):
+    def forward_teacher_forcing(self, clean, noisy, t, text, actions=None, clean_t=None, with_prediction=False,
+                                predictor_history=None):
         """Teacher forcing (Causal Forcing stage 1): v for the noisy copy, each chunk seeing clean history.
 
         clean, noisy: (B, C, F, H, W); t: (B, F) timesteps of the noisy copy (the clean copy has t = 0, or
         `clean_t` (B, F): a history corrupted with noise of that level, GameNGen's context augmentation).
+        `predictor_history` (B, C, F, H, W): the history the history predictor reads, the uncorrupted one
+        when `clean` is noised (as a cache's `recent_clean`); default `clean`.
         `with_prediction`: return (v, the history predictor's frames (B, C, F, H, W) or None), for its loss.
         """
         self._check(noisy, t)
@@ -481,7 +489,7 @@ class CausalDiT(nn.Module):
         mask = teacher_forcing_mask(f, cfg.frames_per_chunk, cfg.tokens_per_frame, noisy.device)
         text_kv = self.embed_text(text)
         context = self._clip_context(clean)  # both copies see the clean frames before their chunk
-        prediction = self._predict(context, actions)
+        prediction = self._predict(context if predictor_history is None else self._clip_context(predictor_history), actions)
         h = torch.cat([self._embed(clean, context, actions, prediction),
                        self._embed(noisy, context, actions, prediction)], dim=1)  # (B, 2 F T, dim)
         for block, kv in zip(self.blocks, text_kv):
@@ -505,7 +513,8 @@ class CausalDiT(nn.Module):
             if cache.recent is None:
                 raise ValueError("this model reads context frames: make its cache with KVCache.empty(model.config, ...)")
             context = recent_context(cache.recent, cache.recent_valid, f)
-        prediction = self._predict(context, actions)
+        clean = None if cache.recent_clean is None else recent_context(cache.recent_clean, cache.recent_valid, f)
+        prediction = self._predict(context if clean is None else clean, actions)
         h = self._embed(x, context, actions, prediction)
         new_k, new_v = [], []
         for layer, block in enumerate(self.blocks):
@@ -521,12 +530,13 @@ class CausalDiT(nn.Module):
         cache's lengths, hence its window, as they were (it writes only the free slots after it)."""
         return self._stream(x, t, actions, cache, with_head=True)[0]
 
-    def commit_chunk(self, x, t, actions, cache: KVCache) -> None:
+    def commit_chunk(self, x, t, actions, cache: KVCache, clean: torch.Tensor | None = None) -> None:
         """Run a chunk (clean in inference, t = 0) and append its K/V (and, for a model with context
-        frames, its latents) to the cache."""
+        frames, its latents) to the cache. `clean`: the chunk before the noise of a noised commit (t > 0),
+        which the history predictor reads; default x."""
         _, new_k, new_v = self._stream(x, t, actions, cache, with_head=False)
         cache.commit(new_k, new_v)
-        cache.push_recent(x)
+        cache.push_recent(x, clean)
 
     def set_prompt(self, cache: KVCache, index: int, text: torch.Tensor) -> None:
         """Write the cross-attention K/V of text features (1, Lt, text_dim) into cache item `index`."""
