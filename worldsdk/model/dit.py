@@ -375,7 +375,7 @@ class CausalDiT(nn.Module):
         The rest of the model reads them detached: the predictor learns only from its own regression
         (`trainers.objectives.teacher_loss`'s predictor_weight), as the stand-alone net of
         benchmarks/ball_from_history.py does. Trained also through the diffusion loss (the skip's
-        reference, the trunk's input), it learned 3x slower per sample (docs/worlds.md, session 10)."""
+        reference, the trunk's input), it learned 3-4x slower per sample (docs/worlds.md, session 10)."""
         return None if self.predictor is None else self.predictor(context, actions)
 
     def _embed(self, x: torch.Tensor, context: torch.Tensor | None, actions: torch.Tensor | None = None,
