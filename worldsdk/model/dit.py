@@ -234,7 +234,7 @@ class HistoryPredictor(nn.Module):
     """The predictor of `ModelConfig.predictor_channels`: the frames of each chunk from the context frames
     before it and the chunk's actions, as a change from the last context frame, by 3x3 convolutions on
     the latent grid (the stand-alone net of benchmarks/ball_from_history.py, inside the world). It sees
-    neither the noisy frames nor sigma, so one prediction serves every denoising step of a chunk."""
+    neither the noisy frames nor sigma, so every denoising step of a chunk gets the same prediction."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
