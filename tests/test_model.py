@@ -362,3 +362,13 @@ def test_the_history_predictor_reads_the_history_before_its_noise_when_streaming
     assert (tf - streamed).abs().max() < 1e-4
     noised_only = model.forward_teacher_forcing(history, noisy, t, text, actions, clean_t=level)
     assert (tf - noised_only).abs().max() > 1e-3  # the predictor's history is its own input
+    # a sampler computes the chunk's prediction once (predict_chunk) and hands it to every step: the same v
+    cache = KVCache.empty(model.config, 2, sink_frames=0)
+    for i in range(2):
+        model.set_prompt(cache, i, text[i : i + 1])
+    model.commit_chunk(history[:, :, :2], level[:, :2], actions[:, :2], cache, clean=clean[:, :, :2])
+    predicted = model.predict_chunk(actions[:, 2:4], cache)
+    given = model.denoise_chunk(noisy[:, :, 2:4], t[:, 2:4], actions[:, 2:4], cache, prediction=predicted)
+    assert torch.equal(given, model.denoise_chunk(noisy[:, :, 2:4], t[:, 2:4], actions[:, 2:4], cache))
+    assert torch.allclose(predicted, model.predictor(model._clip_context(clean), actions)[:, :, 2:4], atol=1e-6)
+    assert make(2, 8, context_frames=2).predict_chunk(actions[:, :2], cache) is None  # no predictor, nothing to do

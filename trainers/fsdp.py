@@ -59,7 +59,7 @@ STRATEGIES = ("ddp", "fsdp")
 # The CausalDiT methods stages call from outside: the training and streaming entry points.
 CAUSAL_DIT_ENTRY_POINTS = (
     "forward_bidirectional", "forward_causal", "forward_teacher_forcing", "denoise_chunk", "commit_chunk", "set_prompt",
-    "embed_text",
+    "embed_text", "predict_chunk",
 )
 
 

@@ -135,13 +135,18 @@ def stream_chunk(model, cache: KVCache, actions: torch.Tensor | None, sampler: S
         raise ValueError(f"guidance {sampler.guidance:g} needs the unconditional branch (uncond=(cache, actions))")
     x = noise() if x is None else x
     b, f = x.shape[0], x.shape[2]
+    guided = sampler.guidance != 1.0
+    with torch.no_grad():  # a history predictor's frames (None without one): the same at every step and the commit
+        predicted = model.predict_chunk(actions, cache, f)
+        predicted_uncond = model.predict_chunk(uncond[1], uncond[0], f) if guided else None
 
     def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         t = chunk_timesteps(sigma, b, f, x.device)
-        v = model.denoise_chunk(x, t, actions, cache)
-        if sampler.guidance == 1.0:
+        v = model.denoise_chunk(x, t, actions, cache, prediction=predicted)
+        if not guided:
             return v
-        return D.cfg(v.float(), model.denoise_chunk(x, t, uncond[1], uncond[0]).float(), sampler.guidance)
+        v_uncond = model.denoise_chunk(x, t, uncond[1], uncond[0], prediction=predicted_uncond)
+        return D.cfg(v.float(), v_uncond.float(), sampler.guidance)
 
     x0 = sampler.sample(velocity, x, noise, callback, grad_last_only)
     if commit:
@@ -150,7 +155,7 @@ def stream_chunk(model, cache: KVCache, actions: torch.Tensor | None, sampler: S
             out = D.add_noise(out, noise().to(out), commit_noise)
         level = chunk_timesteps(commit_noise, b, f, x.device)
         with torch.no_grad():  # the history predictor (if any) reads the chunk before its noise
-            model.commit_chunk(out, level, actions, cache, clean=clean_out)
-            if uncond is not None and sampler.guidance != 1.0:
-                model.commit_chunk(out, level, uncond[1], uncond[0], clean=clean_out)
+            model.commit_chunk(out, level, actions, cache, clean=clean_out, prediction=predicted)
+            if uncond is not None and guided:
+                model.commit_chunk(out, level, uncond[1], uncond[0], clean=clean_out, prediction=predicted_uncond)
     return x0

@@ -234,7 +234,13 @@ class HistoryPredictor(nn.Module):
     """The predictor of `ModelConfig.predictor_channels`: the frames of each chunk from the context frames
     before it and the chunk's actions, as a change from the last context frame, by 3x3 convolutions on
     the latent grid (the stand-alone net of benchmarks/ball_from_history.py, inside the world). It sees
-    neither the noisy frames nor sigma, so every denoising step of a chunk gets the same prediction."""
+    neither the noisy frames nor sigma, so every denoising step of a chunk gets the same prediction
+    (`CausalDiT.predict_chunk` computes it once per chunk when streaming).
+
+    The rest of the model reads its frames detached: it learns only from its own regression
+    (`trainers.objectives.teacher_loss`'s predictor_weight), as the stand-alone net does. Trained also
+    through the diffusion loss (the skip's reference, the trunk's input), it learned 3-4x slower per
+    sample (docs/worlds.md, session 10)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -369,22 +375,13 @@ class CausalDiT(nn.Module):
         """(B, C, F, H, W) -> tokens (B, F * T, dim), frame-major."""
         return self.patch_embedding(x.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
 
-    def _predict(self, context: torch.Tensor | None, actions: torch.Tensor | None) -> torch.Tensor | None:
-        """The history predictor's frames (B, C, F, H, W) for frames with this context; None without one.
-
-        The rest of the model reads them detached: the predictor learns only from its own regression
-        (`trainers.objectives.teacher_loss`'s predictor_weight), as the stand-alone net of
-        benchmarks/ball_from_history.py does. Trained also through the diffusion loss (the skip's
-        reference, the trunk's input), it learned 3-4x slower per sample (docs/worlds.md, session 10)."""
-        return None if self.predictor is None else self.predictor(context, actions)
-
     def _embed(self, x: torch.Tensor, context: torch.Tensor | None, actions: torch.Tensor | None = None,
                prediction: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens of latents (B, C, F, H, W) whose frames start at a chunk boundary, plus their context
         frames (B, K * (C + 1), F, H, W), their actions' map (B, F, A + 1) and the history predictor's
         frames (B, C, F, H, W) when the model has them. -> (B, F * T, dim)."""
         h = self._patchify(x)
-        if prediction is not None:  # detached: the predictor learns from its own regression alone (see _predict)
+        if prediction is not None:  # detached: the predictor learns from its own regression alone (HistoryPredictor)
             h = h + self.prediction_embedding(prediction.detach().to(h.dtype)).flatten(2).transpose(1, 2)
         if self.action_map is not None:
             if actions is None:
@@ -449,7 +446,7 @@ class CausalDiT(nn.Module):
         rope = self.rope(torch.arange(f, device=x.device).expand(b, -1))
         text_kv = self.embed_text(text)
         context = self._clip_context(x)  # causal and full attention see the input's own frames
-        prediction = self._predict(context, actions)
+        prediction = None if self.predictor is None else self.predictor(context, actions)
         h = self._embed(x, context, actions, prediction)
         for block, kv in zip(self.blocks, text_kv):
             h, _, _ = block(h, e0, rope, rope, mask, kv)
@@ -489,7 +486,9 @@ class CausalDiT(nn.Module):
         mask = teacher_forcing_mask(f, cfg.frames_per_chunk, cfg.tokens_per_frame, noisy.device)
         text_kv = self.embed_text(text)
         context = self._clip_context(clean)  # both copies see the clean frames before their chunk
-        prediction = self._predict(context if predictor_history is None else self._clip_context(predictor_history), actions)
+        prediction = None
+        if self.predictor is not None:
+            prediction = self.predictor(context if predictor_history is None else self._clip_context(predictor_history), actions)
         h = torch.cat([self._embed(clean, context, actions, prediction),
                        self._embed(noisy, context, actions, prediction)], dim=1)  # (B, 2 F T, dim)
         for block, kv in zip(self.blocks, text_kv):
@@ -499,7 +498,18 @@ class CausalDiT(nn.Module):
         return (v, prediction) if with_prediction else v
 
     # -- streaming entry points --------------------------------------------------------------------------
-    def _stream(self, x, t, actions, cache: KVCache, with_head: bool):
+    def predict_chunk(self, actions, cache: KVCache, frames: int | None = None) -> torch.Tensor | None:
+        """The history predictor's frames (B, C, F, H, W) for the next chunk of `cache` (F = `frames`, default
+        the model's chunk), from its clean recent frames and the chunk's actions (B, F, A + 1); None without
+        a predictor. They are the same at every denoising step of the chunk and at its commit, so a sampler
+        computes them once and passes them to `denoise_chunk` and `commit_chunk` (`prediction=`)."""
+        if self.predictor is None:
+            return None
+        f = self.config.frames_per_chunk if frames is None else frames
+        recent = cache.recent if cache.recent_clean is None else cache.recent_clean
+        return self.predictor(recent_context(recent, cache.recent_valid, f), actions)
+
+    def _stream(self, x, t, actions, cache: KVCache, with_head: bool, prediction=None):
         self._check(x, t)
         b, _, f = x.shape[:3]
         if b != cache.batch_size:
@@ -513,8 +523,8 @@ class CausalDiT(nn.Module):
             if cache.recent is None:
                 raise ValueError("this model reads context frames: make its cache with KVCache.empty(model.config, ...)")
             context = recent_context(cache.recent, cache.recent_valid, f)
-        clean = None if cache.recent_clean is None else recent_context(cache.recent_clean, cache.recent_valid, f)
-        prediction = self._predict(context if clean is None else clean, actions)
+            if prediction is None:
+                prediction = self.predict_chunk(actions, cache, f)
         h = self._embed(x, context, actions, prediction)
         new_k, new_v = [], []
         for layer, block in enumerate(self.blocks):
@@ -525,16 +535,18 @@ class CausalDiT(nn.Module):
         out = self._output(h, e, x, t, context, actions, prediction) if with_head else None
         return out, new_k, new_v
 
-    def denoise_chunk(self, x, t, actions, cache: KVCache) -> torch.Tensor:
+    def denoise_chunk(self, x, t, actions, cache: KVCache, prediction: torch.Tensor | None = None) -> torch.Tensor:
         """v for one chunk (B, C, Fc, H, W) attending to the cached clean history and itself. Leaves the
-        cache's lengths, hence its window, as they were (it writes only the free slots after it)."""
-        return self._stream(x, t, actions, cache, with_head=True)[0]
+        cache's lengths, hence its window, as they were (it writes only the free slots after it).
+        `prediction`: the chunk's `predict_chunk`, computed here when not given."""
+        return self._stream(x, t, actions, cache, with_head=True, prediction=prediction)[0]
 
-    def commit_chunk(self, x, t, actions, cache: KVCache, clean: torch.Tensor | None = None) -> None:
+    def commit_chunk(self, x, t, actions, cache: KVCache, clean: torch.Tensor | None = None,
+                     prediction: torch.Tensor | None = None) -> None:
         """Run a chunk (clean in inference, t = 0) and append its K/V (and, for a model with context
         frames, its latents) to the cache. `clean`: the chunk before the noise of a noised commit (t > 0),
-        which the history predictor reads; default x."""
-        _, new_k, new_v = self._stream(x, t, actions, cache, with_head=False)
+        which the history predictor reads; default x. `prediction`: as for `denoise_chunk`."""
+        _, new_k, new_v = self._stream(x, t, actions, cache, with_head=False, prediction=prediction)
         cache.commit(new_k, new_v)
         cache.push_recent(x, clean)
 
