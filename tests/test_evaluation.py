@@ -222,3 +222,25 @@ def test_eval_works_on_a_fresh_recording_of_a_few_episodes(tmp_path):
     assert results["action_test"]["world_pass_rate"] == 0.0  # the untrained tiny world ignores its keys
     assert set(results["points"]) == {"world", "real"}  # the 5-step rollout and the 40-frame episodes: no point yet
     assert results["points"]["real"]["points"] == 0 and "Points in that rollout" in (out / "eval.md").read_text()
+
+
+def test_replays_objects_are_also_scored_on_the_goals_first_16_frames(pong_recording, monkeypatch):
+    # A stand-in world that replays the real frames for 16 frames, then a frozen copy of the 16th: the
+    # first-16 window scores it as the real game, the whole horizon does not.
+    import worldsdk.evaluation as E
+
+    def replay(world, frames, actions, prompt, start, length, seed, sampler):
+        clip = frames[start : start + length].copy()
+        clip[E.GOAL_HORIZON :] = clip[E.GOAL_HORIZON - 1]
+        return clip
+
+    monkeypatch.setattr(E, "replay", replay)
+    r = E.evaluate(World.load("pong"), str(pong_recording), episodes=4, starts_per_episode=2, horizon=24, long_steps=0,
+                   action_trials=0, split="all")
+    first, whole = r["objects_in_replays"]["first_16"], r["objects_in_replays"]
+    assert r["replays"] > 0 and first["ball_frames"] > 0
+    assert first["ball_recall"] == 1.0 and first["paddle_within_2px"] == 1.0
+    assert first["no_ball_frames"] == 0 or first["ball_false_positive"] == 0.0
+    assert first["ball_frames"] + first["no_ball_frames"] == 16 * r["replays"]
+    assert whole["ball_recall"] < 0.9  # the frozen frames lose the moving ball
+    assert "first 16 frames" in E.markdown(r)

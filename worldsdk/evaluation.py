@@ -5,7 +5,8 @@ and then the very actions the real game received (one per frame), and its frames
 the real ones:
   fidelity   PSNR and SSIM at horizons 1, 4, 16, 64 frames;
   actions    how often the player's paddle moves the way the action commands (generated vs real);
-  ball       recall and false positives of the ball, and its position error;
+  ball       recall and false positives of the ball, and the player's paddle error, over each whole replay
+             and over its first 16 frames (the window of the goal in issue 14);
   motion     mean frame-to-frame change (the analogue of Dynamic Degree: a frozen world scores ~0);
   drift      long rollouts under random actions: colour-histogram distance to real frames over time;
   objects    what that rollout draws: one ball, one of each paddle, the player's paddle present;
@@ -47,6 +48,7 @@ import torch
 log = logging.getLogger(__name__)
 
 HORIZONS = (1, 4, 16, 64)
+GOAL_HORIZON = 16  # frames: the replays' objects are also scored on this first window (the goal's replays)
 BALL_RADIUS = 4.0  # px: a generated ball this close to the real one counts as the ball (docs/worlds.md)
 
 
@@ -314,6 +316,10 @@ def evaluate(world, dataset_dir: str, episodes: int = 8, starts_per_episode: int
             ball["autoencoder_paddle_within_2px"] = ae["paddle_within_2px"]
         blind = object_scores(real_all, np.concatenate(scored["blind"]), scored["styles"], game, BALL_RADIUS)
         ball.update({f"blind_{k}": blind[k] for k in ("ball_recall", "ball_false_positive", "paddle_within_2px", "paddle_error_px")})
+        if horizon > GOAL_HORIZON:  # the same scores on each replay's first frames: the window of the goal (issue 14)
+            first = lambda clips: np.concatenate([c[:GOAL_HORIZON] for c in clips])  # noqa: E731
+            styles = [s for i in range(len(scored["real"])) for s in scored["styles"][i * horizon : i * horizon + GOAL_HORIZON]]
+            ball[f"first_{GOAL_HORIZON}"] = object_scores(first(scored["real"]), first(scored["generated"]), styles, game, BALL_RADIUS)
     long_frames: list = []
     drift = long_rollout_drift(world, np.concatenate(real_frames_all), long_steps, seed, sampler=sampler, keep=long_frames)
     noise = np.random.default_rng(seed).integers(0, 256, (512, *real_frames_all[0].shape[1:]), dtype=np.uint8)  # a floor
@@ -533,6 +539,10 @@ def markdown(results: dict) -> str:
                   f"| a ball where the real frame has none | {b['ball_false_positive']:.1%} | 0% | {b.get('blind_ball_false_positive', nan):.1%} |",
                   f"| player's paddle within 2 px | {b['paddle_within_2px']:.1%} | 100% (autoencoder: {b.get('autoencoder_paddle_within_2px', nan):.1%}) | {b.get('blind_paddle_within_2px', nan):.1%} |",
                   f"| player's paddle error (px, where drawn) | {b['paddle_error_px']:.2f} | 0 | {b.get('blind_paddle_error_px', nan):.2f} |"]
+        if f"first_{GOAL_HORIZON}" in b:
+            g = b[f"first_{GOAL_HORIZON}"]
+            lines += [f"| ... in each replay's first {GOAL_HORIZON} frames: ball within {BALL_RADIUS:g} px / false ball / "
+                      f"paddle within 2 px | {g['ball_recall']:.1%} / {g['ball_false_positive']:.1%} / {g['paddle_within_2px']:.1%} | | |"]
     if results.get("action_test"):
         t = results["action_test"]
         lines += ["", f"Opposite keys ({' vs '.join(t['keys'])}, {t['chunks']} chunks each, {t['trials']} real moments):", "",
