@@ -46,3 +46,26 @@ def test_the_predictor_repeats_the_last_frame_untrained_and_learns_the_motion():
     hits = (pred.flatten(1).argmax(1) == test[:, 2, 0].flatten(1).argmax(1)).float().mean()
     repeat = (test[:, 1, 0].flatten(1).argmax(1) == test[:, 2, 0].flatten(1).argmax(1)).float().mean()
     assert repeat < 0.2 and hits > 0.9  # the dot is where it moved, not where it was
+
+
+def test_the_unrolled_loss_reads_the_nets_own_chunks_after_the_first():
+    bench = _benchmark()
+    torch.manual_seed(0)
+    net = bench.ConvPredictor(channels=4, history=2, chunk=1, action_features=3, width=16, blocks=1)
+    clips = dots(4, 5)
+    actions = torch.zeros(4, 5, 3)
+    # untrained, the net repeats its last history frame in every chunk, its own repeats included
+    loss = bench.unrolled_loss(net, clips[:, :2], actions, clips[:, 2:], unroll=3)
+    expected = torch.stack([F.mse_loss(clips[:, 1:2], clips[:, k : k + 1]) for k in (2, 3, 4)]).mean()
+    assert torch.allclose(loss, expected)
+    assert torch.allclose(bench.unrolled_loss(net, clips[:, :2], actions, clips[:, 2:], unroll=1),
+                          F.mse_loss(clips[:, 1:2], clips[:, 2:3]))
+    # trained a little (not a repeat), chunk 2 is predicted from [real frame 2, the net's chunk 1]
+    torch.nn.init.normal_(net.out.weight, std=0.1)
+    first = net(clips[:, :2], actions[:, :3])
+    second = net(torch.cat([clips[:, 1:2], first], dim=1), actions[:, 1:4])
+    expected = (F.mse_loss(first, clips[:, 2:3]) + F.mse_loss(second, clips[:, 3:4])) / 2
+    loss = bench.unrolled_loss(net, clips[:, :2], actions, clips[:, 2:], unroll=2)
+    assert torch.allclose(loss, expected)
+    real_history = (F.mse_loss(first, clips[:, 2:3]) + F.mse_loss(net(clips[:, 1:3], actions[:, 1:4]), clips[:, 3:4])) / 2
+    assert not torch.allclose(loss, real_history)
