@@ -5,6 +5,7 @@
 #   nohup bash benchmarks/pong_long_run.sh map > runs/pong3-map.log 2>&1 &    # the one-phase teacher
 #   nohup bash benchmarks/pong_long_run.sh local > runs/pong3-local.log 2>&1 &  # + the convolutional local path
 #   nohup bash benchmarks/pong_long_run.sh decoders > runs/pong3-dec.log 2>&1 &
+#   nohup bash benchmarks/pong_long_run.sh shipped-decoders > runs/pong3-sdec.log 2>&1 &  # the shipped pong's decoder
 #   nohup bash benchmarks/pong_long_run.sh warm > runs/pong3-warm.log 2>&1 &    # a new machine: from the shipped pong
 #   nohup bash benchmarks/pong_long_run.sh conv > runs/pong3-conv.log 2>&1 &    # + the local path alone, trunk frozen
 #   nohup bash benchmarks/pong_long_run.sh predictor > runs/pong3-pred.log 2>&1 &  # + the history predictor
@@ -23,6 +24,8 @@
 #   decoders  the autoencoder's decoder alone, fine-tuned in six rounds (the latents stay the same;
 #             docs/training.md, "Fine-tuning only the decoder"); a world gets it with
 #             `worldsdk export --decoder-from runs/pong3/decoder6/autoencoder.safetensors`
+#   shipped-decoders  the same six rounds on the shipped `pong`'s autoencoder (runs/pong3/sdec1 ... sdec6; session 11):
+#             the decoder of every world on its latents (the shipped one, the warm, conv and predictor teachers' students)
 #   warm      a teacher again from the shipped `pong` (the causal ODE student of the step-10,600 teacher, in git):
 #             its weights fine-tuned with the teacher's objective for WARM_STEPS (default 1,000) on latents of the
 #             shipped autoencoder (runs/pong3/teacher-warm); no autoencoder run. What a new machine starts from
@@ -63,8 +66,8 @@ PRED_BLOCKS=${PRED_BLOCKS:-6}
 PRED_STEPS=${PRED_STEPS:-30000}
 PRED_NAME=${PRED_NAME:-teacher-pred}
 PRED_FROM=${PRED_FROM:-worldsdk/worlds/pong.safetensors}  # the shipped student: a teacher again after 500 steps (warm)
-case "$PART" in phases|map|local|decoders|warm|conv|predictor) ;;
-  *) echo "usage: $0 [phases|map|local|decoders|warm|conv|predictor]" >&2; exit 2;; esac
+case "$PART" in phases|map|local|decoders|shipped-decoders|warm|conv|predictor) ;;
+  *) echo "usage: $0 [phases|map|local|decoders|shipped-decoders|warm|conv|predictor]" >&2; exit 2;; esac
 mkdir -p "$RUN"
 
 if [ ! -f data/pong/index.json ]; then
@@ -77,7 +80,7 @@ if [ ! -f data/pong-fresh/index.json ]; then  # held out: new seeds, both player
 fi
 
 case "$PART" in  # warm, conv and predictor start from the shipped world: its autoencoder, hence the latents its weights know
-  warm|conv|predictor)
+  warm|conv|predictor|shipped-decoders)
     AE="$RUN/autoencoder-shipped/autoencoder.safetensors"; LATENTS="$RUN/latents-shipped"
     [ -f "$AE" ] || python -c "
 from pathlib import Path
@@ -91,9 +94,11 @@ esac
   run_dir="$RUN/autoencoder" loop.max_steps="$AE_STEPS" loop.threads="$AE_THREADS" loop.eval_every=4000 \
   loop.checkpoint_every=500 loop.progress=false
 
-if [ "$PART" = decoders ]; then
+if [ "$PART" = decoders ] || [ "$PART" = shipped-decoders ]; then
   previous="$AE"
-  for round in "decoder 3000" "decoder2 8000" "decoder3 8000" "decoder4 8000" "decoder5 8000" "decoder6 8000"; do
+  rounds=("decoder 3000" "decoder2 8000" "decoder3 8000" "decoder4 8000" "decoder5 8000" "decoder6 8000")
+  [ "$PART" = decoders ] || rounds=("sdec1 3000" "sdec2 8000" "sdec3 8000" "sdec4 8000" "sdec5 8000" "sdec6 8000")
+  for round in "${rounds[@]}"; do
     set -- $round
     [ -f "$RUN/$1/autoencoder.safetensors" ] || worldsdk-train stage=autoencoder model=small data=data/pong \
       run_dir="$RUN/$1" stage.init="$previous" stage.train_encoder=false stage.relative_hard_pixel_weight=1.0 \

@@ -201,6 +201,34 @@ def test_reward_model_of_another_world_file_is_attached(tmp_path, tiny_world_fil
         export_world(tiny_world_file, "tiny", tmp_path / "y.safetensors", "int8", check_steps=2, reward_from=other_file)
 
 
+def test_a_world_exported_again_keeps_the_record_of_what_it_carries(tmp_path, tiny_world_file):
+    # a shipped file re-exported with a new decoder: its summary still says where its reward model and
+    # training came from (the reward model itself travels in the weights), and a new summary replaces the old
+    from worldsdk.autoencoder import save_autoencoder
+    from worldsdk.reward import RewardConfig, RewardModel
+
+    donor = World.load(tiny_world_file)
+    mc = donor.model.config
+    donor.set_reward_model(RewardModel(RewardConfig(latent_channels=mc.latent_channels, latent_height=mc.latent_height,
+                                                    latent_width=mc.latent_width, action_dim=mc.action_dim, channels=8, hidden=16)))
+    donor_file = donor.save(tmp_path / "donor.safetensors")
+    training = tmp_path / "recipe.json"
+    training.write_text(json.dumps({"budget": 7}))
+    first = export_world(tiny_world_file, "tiny", tmp_path / "a" / "tiny.safetensors", "int8", summary=training,
+                         check_steps=2, reward_from=donor_file)
+    decoder = save_autoencoder(tmp_path / "decoder.safetensors", World.load(first.path).autoencoder)
+    again = export_world(first.path, "tiny", tmp_path / "b" / "tiny.safetensors", "int8", check_steps=2, decoder_from=decoder)
+    summary = json.loads(again.summary_path.read_text())
+    assert summary["reward_model"]["from"] == str(donor_file) and summary["training"] == {"budget": 7}
+    assert summary["exported_from"] == str(first.path) and summary["eval"] is None
+    assert World.load(again.path).reward_model is not None
+    plain = export_world(tiny_world_file, "tiny", tmp_path / "c" / "tiny.safetensors", "int8", check_steps=2)
+    assert json.loads(plain.summary_path.read_text())["reward_model"] is None
+    training.write_text(json.dumps({"budget": 9}))
+    renewed = export_world(first.path, "tiny", tmp_path / "d" / "tiny.safetensors", "int8", summary=training, check_steps=2)
+    assert json.loads(renewed.summary_path.read_text())["training"] == {"budget": 9}
+
+
 def test_saved_files_are_readable_by_others(tmp_path):
     """Shipped worlds are package data: a file only its writer can read would break other users' installs."""
     import os

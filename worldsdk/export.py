@@ -131,7 +131,13 @@ def export_world(world: str | Path, name: str, out: str | Path | None = None, st
     source = Path(world)
     out = Path(out) if out else SHIPPED_WORLDS_DIR / f"{name}.safetensors"
     original = World.load(source)
-    info = {"name": name, "exported_from": str(source), "training": _read_json(summary), "eval": _read_json(eval_results)}
+    # a world exported again (a shipped file with a new decoder) keeps the record of what it still carries
+    info = {"name": name, "exported_from": str(source),
+            "training": _read_json(summary) if summary else original.info.get("training"), "eval": _read_json(eval_results)}
+    if original.reward_model is not None and "reward_model" in original.info:
+        info["reward_model"] = original.info["reward_model"]
+    if original.start_frames is not None and "start_bank" in original.info:
+        info["start_bank"] = original.info["start_bank"]
     if starts_from:
         frames = start_frames or (original.model.config.latent_frames_max - original.model.config.frames_per_chunk) * (
             original.autoencoder.config.temporal_stride)
