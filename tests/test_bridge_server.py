@@ -302,6 +302,40 @@ def test_curve_lets_in_known_keys_only(world, tmp_path):
         assert len(server.sessions) == 0
 
 
+def test_a_handshake_refused_before_the_first_request_is_reported_not_waited_on(world, tmp_path):
+    # The server refuses an unknown key while the client is still idle; for a moment after that ZeroMQ
+    # has no connection to queue a message on, and a blocking send of the first request waited for one
+    # forever (about 1 try in 20 hung before the client polled for room to send). Each try is bounded.
+    import random
+    import threading
+
+    keys = generate_keys(tmp_path / "keys")
+    stranger = generate_keys(tmp_path / "stranger")
+    server = Server(world, "tcp://127.0.0.1:*", curve_secret_key=keys["server_secret"], curve_clients_dir=keys["clients_dir"])
+    pause = random.Random(0)
+    with server.start():
+        for attempt in range(30):
+            client = Client(server.address, timeout_ms=3000, retries=0, curve_server_key=keys["server_public"],
+                            curve_client_key=stranger["client_secret"])
+            time.sleep(pause.uniform(0.0, 0.25))  # the refusal lands before, during or after the request
+            outcome = []
+
+            def hello(client=client, outcome=outcome):
+                try:
+                    client.hello()
+                    outcome.append("answered")
+                except Exception as exc:  # noqa: BLE001 - the test reports whatever ended the request
+                    outcome.append(exc)
+
+            thread = threading.Thread(target=hello, daemon=True)
+            thread.start()
+            thread.join(timeout=15)
+            assert not thread.is_alive(), f"try {attempt}: the request waited on a connection that was refused"
+            assert isinstance(outcome[0], AuthenticationError), (attempt, outcome)
+            client.close()
+        assert len(server.sessions) == 0
+
+
 def test_serve_command_refuses_to_bind_beyond_localhost_without_curve():
     from worldsdk.cli import main
 

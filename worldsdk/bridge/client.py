@@ -225,13 +225,42 @@ class Client:
                 log.warning("no reply to %s #%d from %s in %d ms; reconnecting", header["type"], header["id"], self.address, timeout_ms)
                 self._close_socket()
                 self._open()
-            self._socket.send_multipart([message, *payload], copy=False)
-            reply = self._wait(header["id"], time.monotonic() + timeout_ms / 1000)
-            if reply is not None:
-                return reply
+            deadline = time.monotonic() + timeout_ms / 1000
+            if self._send([message, *payload], deadline):
+                reply = self._wait(header["id"], deadline)
+                if reply is not None:
+                    return reply
         raise P.BridgeTimeoutError(
             f"no reply to {header['type']!r} from {self.address} after {retries + 1} tries of {timeout_ms} ms; is the server running?"
         )
+
+    def _check_handshake(self) -> None:
+        """Read one monitor event; a failed handshake raises AuthenticationError."""
+        event = parse_monitor_message(self._monitor.recv_multipart())
+        reason = _HANDSHAKE_FAILURES.get(event["event"])
+        if reason is not None:
+            # ZeroMQ would retry the handshake forever in the background: stop it (the next
+            # request opens a new socket)
+            self._close_socket()
+            raise P.AuthenticationError(f"{self.address}: {reason}")
+
+    def _send(self, parts: list, deadline: float) -> bool:
+        """Queue a request by `deadline`; False if the socket would not take it. A refused handshake can
+        leave the socket no connection to queue on, where a blocking send would wait forever."""
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLOUT)
+        poller.register(self._monitor, zmq.POLLIN)
+        while (left := deadline - time.monotonic()) > 0:
+            ready = dict(poller.poll(max(1, int(left * 1000))))
+            if self._monitor in ready:
+                self._check_handshake()
+            if self._socket in ready:
+                try:
+                    self._socket.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
+                    return True
+                except zmq.Again:  # the connection went between the poll and the send
+                    continue
+        return False
 
     def _wait(self, request_id: int, deadline: float) -> tuple[dict, list] | None:
         poller = zmq.Poller()
@@ -240,13 +269,7 @@ class Client:
         while (left := deadline - time.monotonic()) > 0:
             ready = dict(poller.poll(max(1, int(left * 1000))))
             if self._monitor in ready:
-                event = parse_monitor_message(self._monitor.recv_multipart())
-                reason = _HANDSHAKE_FAILURES.get(event["event"])
-                if reason is not None:
-                    # ZeroMQ would retry the handshake forever in the background: stop it (the next
-                    # request opens a new socket)
-                    self._close_socket()
-                    raise P.AuthenticationError(f"{self.address}: {reason}")
+                self._check_handshake()
             if self._socket in ready:
                 parts = self._socket.recv_multipart(copy=False)
                 header = P.unpack_header(parts[0].bytes, limit=None)  # the server is trusted more than its clients
