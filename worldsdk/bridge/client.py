@@ -244,44 +244,43 @@ class Client:
             self._close_socket()
             raise P.AuthenticationError(f"{self.address}: {reason}")
 
+    def _ready(self, event: int, deadline: float):
+        """Yield each time the socket is ready for `event` (zmq.POLLIN or zmq.POLLOUT) before `deadline`,
+        watching the handshake monitor meanwhile (a failed handshake raises AuthenticationError)."""
+        poller = zmq.Poller()
+        poller.register(self._socket, event)
+        poller.register(self._monitor, zmq.POLLIN)
+        while (left := deadline - time.monotonic()) > 0:
+            ready = dict(poller.poll(max(1, int(left * 1000))))
+            if self._monitor in ready:
+                self._check_handshake()
+            if self._socket in ready:
+                yield
+
     def _send(self, parts: list, deadline: float) -> bool:
         """Queue a request by `deadline`; False if the socket would not take it. A refused handshake can
         leave the socket no connection to queue on, where a blocking send would wait forever."""
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLOUT)
-        poller.register(self._monitor, zmq.POLLIN)
-        while (left := deadline - time.monotonic()) > 0:
-            ready = dict(poller.poll(max(1, int(left * 1000))))
-            if self._monitor in ready:
-                self._check_handshake()
-            if self._socket in ready:
-                try:
-                    self._socket.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
-                    return True
-                except zmq.Again:  # the connection went between the poll and the send
-                    continue
+        for _ in self._ready(zmq.POLLOUT, deadline):
+            try:
+                self._socket.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
+                return True
+            except zmq.Again:  # the connection went between the poll and the send
+                continue
         return False
 
     def _wait(self, request_id: int, deadline: float) -> tuple[dict, list] | None:
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
-        poller.register(self._monitor, zmq.POLLIN)
-        while (left := deadline - time.monotonic()) > 0:
-            ready = dict(poller.poll(max(1, int(left * 1000))))
-            if self._monitor in ready:
-                self._check_handshake()
-            if self._socket in ready:
-                parts = self._socket.recv_multipart(copy=False)
-                header = P.unpack_header(parts[0].bytes, limit=None)  # the server is trusted more than its clients
-                if header.get("type") == "error" and header.get("id") is None:
-                    # the server could not read the id of a request; ours is the only one in flight
-                    # (a late reply to an earlier try carries its id, which is this one's too)
-                    raise P.error_from_reply({**header, "id": request_id})
-                if header.get("id") != request_id:
-                    continue  # a late reply to an earlier request
-                if header.get("type") == "error":
-                    raise P.error_from_reply(header)
-                return header, parts[1:]
+        for _ in self._ready(zmq.POLLIN, deadline):
+            parts = self._socket.recv_multipart(copy=False)
+            header = P.unpack_header(parts[0].bytes, limit=None)  # the server is trusted more than its clients
+            if header.get("type") == "error" and header.get("id") is None:
+                # the server could not read the id of a request; ours is the only one in flight
+                # (a late reply to an earlier try carries its id, which is this one's too)
+                raise P.error_from_reply({**header, "id": request_id})
+            if header.get("id") != request_id:
+                continue  # a late reply to an earlier request
+            if header.get("type") == "error":
+                raise P.error_from_reply(header)
+            return header, parts[1:]
         return None
 
     # -- requests --------------------------------------------------------------------------------
