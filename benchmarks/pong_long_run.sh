@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The long Pong teacher runs on the 2-core CPU, one thread each, resumable across sessions and machines.
+# GAME=breakout runs the same parts on Breakout (data/breakout, runs/breakout3; session 12).
 #
 #   nohup bash benchmarks/pong_long_run.sh phases > runs/pong3.log 2>&1 &     # the two-phase teacher
 #   nohup bash benchmarks/pong_long_run.sh map > runs/pong3-map.log 2>&1 &    # the one-phase teacher
@@ -33,6 +34,9 @@
 #   conv      the warm teacher grown with the convolutional local path, which alone trains (stage.trainable=[local],
 #             batch CONV_BATCH, default 16) while the trunk and text encoder stay frozen (runs/pong3/teacher-conv):
 #             the locality experiment of benchmarks/ball_from_history.py inside the world
+#   GAME=breakout AUTOENCODER=shipped nohup bash benchmarks/pong_long_run.sh map > runs/breakout3-map.log 2>&1 &
+#
+# AUTOENCODER=shipped: phases, map and local use the shipped world's autoencoder (and its latents) instead of training one.
 #   predictor the shipped `pong` (as warm does; PRED_FROM: another world) grown with the history predictor
 #             (ModelConfig.predictor_channels = PRED_CHANNELS, default 96, PRED_BLOCKS blocks, default 6: the net of
 #             benchmarks/ball_from_history.py, trained by its own regression beside the diffusion loss); the whole model
@@ -45,7 +49,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 PART=${1:-phases}
-RUN=${RUN:-runs/pong3}
+GAME=${GAME:-pong}
+case "$GAME" in pong) ENV_ID=ALE/Pong-v5;; breakout) ENV_ID=ALE/Breakout-v5;;
+  *) echo "GAME must be pong or breakout, not '$GAME'" >&2; exit 2;; esac
+DATA=data/$GAME
+RUN=${RUN:-runs/${GAME}3}
+AUTOENCODER=${AUTOENCODER:-train}
 AE_STEPS=${AE_STEPS:-8000}
 AE_THREADS=${AE_THREADS:-1}
 TEACHER_THREADS=${TEACHER_THREADS:-1}  # 2 on an otherwise idle 2-core CPU: 0.97 s/step against 1.75 (fp32, AVX2)
@@ -65,32 +74,34 @@ PRED_CHANNELS=${PRED_CHANNELS:-96}
 PRED_BLOCKS=${PRED_BLOCKS:-6}
 PRED_STEPS=${PRED_STEPS:-30000}
 PRED_NAME=${PRED_NAME:-teacher-pred}
-PRED_FROM=${PRED_FROM:-worldsdk/worlds/pong.safetensors}  # the shipped student: a teacher again after 500 steps (warm)
+PRED_FROM=${PRED_FROM:-worldsdk/worlds/$GAME.safetensors}  # the shipped student: a teacher again after 500 steps (warm)
 case "$PART" in phases|map|local|decoders|shipped-decoders|warm|conv|predictor) ;;
   *) echo "usage: $0 [phases|map|local|decoders|shipped-decoders|warm|conv|predictor]" >&2; exit 2;; esac
 mkdir -p "$RUN"
 
-if [ ! -f data/pong/index.json ]; then
-  worldsdk record --env ALE/Pong-v5 --episodes 60 --policy scripted --seed 0 --style-switch-fraction 0.25 --out data/pong --quiet
-  worldsdk record --env ALE/Pong-v5 --episodes 40 --policy random --seed 1000 --style-switch-fraction 0.25 --out data/pong --quiet
+if [ ! -f $DATA/index.json ]; then
+  worldsdk record --env $ENV_ID --episodes 60 --policy scripted --seed 0 --style-switch-fraction 0.25 --out $DATA --quiet
+  worldsdk record --env $ENV_ID --episodes 40 --policy random --seed 1000 --style-switch-fraction 0.25 --out $DATA --quiet
 fi
-if [ ! -f data/pong-fresh/index.json ]; then  # held out: new seeds, both players
-  worldsdk record --env ALE/Pong-v5 --episodes 6 --policy scripted --seed 7000 --style-switch-fraction 0.25 --out data/pong-fresh --quiet
-  worldsdk record --env ALE/Pong-v5 --episodes 6 --policy random --seed 8000 --style-switch-fraction 0.25 --out data/pong-fresh --quiet
+if [ ! -f $DATA-fresh/index.json ]; then  # held out: new seeds, both players
+  worldsdk record --env $ENV_ID --episodes 6 --policy scripted --seed 7000 --style-switch-fraction 0.25 --out $DATA-fresh --quiet
+  worldsdk record --env $ENV_ID --episodes 6 --policy random --seed 8000 --style-switch-fraction 0.25 --out $DATA-fresh --quiet
 fi
 
-case "$PART" in  # warm, conv and predictor start from the shipped world: its autoencoder, hence the latents its weights know
-  warm|conv|predictor|shipped-decoders)
+[ "$AUTOENCODER" = shipped ] || [ "$AUTOENCODER" = train ] || { echo "AUTOENCODER must be shipped or train" >&2; exit 2; }
+[ "$AUTOENCODER" = train ] || PART_AE=shipped
+case "${PART_AE:-$PART}" in  # warm, conv and predictor start from the shipped world: its autoencoder, hence the latents its weights know
+  shipped|warm|conv|predictor|shipped-decoders)
     AE="$RUN/autoencoder-shipped/autoencoder.safetensors"; LATENTS="$RUN/latents-shipped"
     [ -f "$AE" ] || python -c "
 from pathlib import Path
 from worldsdk import World
 from worldsdk.autoencoder import save_autoencoder
 Path('$AE').parent.mkdir(parents=True, exist_ok=True)
-save_autoencoder('$AE', World.load('pong').autoencoder)";;
+save_autoencoder('$AE', World.load('$GAME').autoencoder)";;
   *) AE="$RUN/autoencoder/autoencoder.safetensors"; LATENTS="$RUN/latents";;
 esac
-[ -f "$AE" ] || OMP_NUM_THREADS=$AE_THREADS worldsdk-train stage=autoencoder model=small data=data/pong \
+[ -f "$AE" ] || OMP_NUM_THREADS=$AE_THREADS worldsdk-train stage=autoencoder model=small data=$DATA \
   run_dir="$RUN/autoencoder" loop.max_steps="$AE_STEPS" loop.threads="$AE_THREADS" loop.eval_every=4000 \
   loop.checkpoint_every=500 loop.progress=false
 
@@ -100,7 +111,7 @@ if [ "$PART" = decoders ] || [ "$PART" = shipped-decoders ]; then
   [ "$PART" = decoders ] || rounds=("sdec1 3000" "sdec2 8000" "sdec3 8000" "sdec4 8000" "sdec5 8000" "sdec6 8000")
   for round in "${rounds[@]}"; do
     set -- $round
-    [ -f "$RUN/$1/autoencoder.safetensors" ] || worldsdk-train stage=autoencoder model=small data=data/pong \
+    [ -f "$RUN/$1/autoencoder.safetensors" ] || worldsdk-train stage=autoencoder model=small data=$DATA \
       run_dir="$RUN/$1" stage.init="$previous" stage.train_encoder=false stage.relative_hard_pixel_weight=1.0 \
       stage.optimizer.lr=5e-4 stage.optimizer.warmup_steps=50 loop.max_steps="$2" loop.threads=1 \
       loop.eval_every=4000 loop.checkpoint_every=500 loop.progress=false
@@ -112,11 +123,11 @@ fi
 python -c "
 from worldsdk.autoencoder import load_autoencoder
 from worldsdk.data.latents import build_latent_cache
-build_latent_cache('data/pong', load_autoencoder('$AE'), '$LATENTS', progress=False)"  # encodes only what is missing
+build_latent_cache('$DATA', load_autoencoder('$AE'), '$LATENTS', progress=False)"  # encodes only what is missing
 
 # Shared by every teacher run: batch 8, one thread (TEACHER_THREADS), the precision this CPU runs fastest (bf16 only where it
 # is native: an AVX2 CPU emulates it 20x slower), the probe every 500 steps, a checkpoint every 200.
-COMMON=(stage.latents="$LATENTS" stage.probe_data=data/pong stage.probe_clips_per_episode=8 loop.eval_every=500
+COMMON=(stage.latents="$LATENTS" stage.probe_data=$DATA stage.probe_clips_per_episode=8 loop.eval_every=500
   loop.batch_size=8 loop.precision=fastest loop.threads="$TEACHER_THREADS" loop.checkpoint_every=200 loop.keep_checkpoints=4
   loop.log_every=20 loop.progress=false)
 
@@ -130,7 +141,7 @@ if [ "$PART" = map ]; then
   exit 0
 fi
 warm_teacher() {
-  worldsdk-train stage=teacher stage.init=worldsdk/worlds/pong.safetensors stage.draw_shift=3 \
+  worldsdk-train stage=teacher stage.init=worldsdk/worlds/$GAME.safetensors stage.draw_shift=3 \
     stage.context_noise="$CONTEXT_NOISE" run_dir="$RUN/teacher-warm" loop.max_steps="$WARM_STEPS" "${COMMON[@]}"
 }
 if [ "$PART" = warm ]; then

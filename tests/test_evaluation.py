@@ -244,3 +244,59 @@ def test_replays_objects_are_also_scored_on_the_goals_first_16_frames(pong_recor
     assert first["ball_frames"] + first["no_ball_frames"] == 16 * r["replays"]
     assert whole["ball_recall"] < 0.9  # the frozen frames lose the moving ball
     assert "first 16 frames" in E.markdown(r)
+
+
+@pytest.fixture(scope="module")
+def breakout_recording(tmp_path_factory):
+    from worldsdk.data.recorder import record
+
+    root = tmp_path_factory.mktemp("breakout")
+    record("ALE/Breakout-v5", root, episodes=2, policy="scripted", max_steps=400, seed=4, styles=("classic",))
+    return root
+
+
+def test_wall_scores_follow_the_bricks_the_game_clears(breakout_recording):
+    # On real Breakout frames: the game itself clears and keeps every wall pixel it changes and leaves; a
+    # wall that stands still clears nothing; noise keeps nothing; a world whose wall is the real one from
+    # 32 frames before is behind on the bricks.
+    from worldsdk.data.objects import wall_mask
+    from worldsdk.data.store import EpisodeStore
+    from worldsdk.evaluation import wall_scores
+
+    store = EpisodeStore(breakout_recording)
+    frames = [store.read(r).frames for r in store.records()]
+    starts = [(f, s) for f in frames for s in range(40, len(f) - 64, 32)]
+    befores, reals = [f[s - 1] for f, s in starts], [f[s : s + 64] for f, s in starts]
+    real = wall_scores(befores, reals, reals, "breakout", 64)
+    assert real["changed_pixels"] > 50 and real["cleared"] == 1.0 and real["kept"] == 1.0
+    still = wall_scores(befores, reals, [np.repeat(b[None], 64, 0) for b in befores], "breakout", 64)
+    assert still["cleared"] == 0.0 and still["kept"] == 1.0
+    noise = np.random.default_rng(0).integers(0, 256, (len(reals), 64, *reals[0].shape[1:]), dtype=np.uint8)
+    assert wall_scores(befores, reals, list(noise), "breakout", 64)["kept"] < 0.2
+    mask = wall_mask(reals[0].shape[1:3], "breakout")
+    late = []
+    for (f, s), clip in zip(starts, reals):
+        behind = clip.copy()
+        behind[:, mask] = f[s - 32 : s + 32][:, mask]  # everything else is the game's
+        late.append(behind)
+    assert wall_scores(befores, reals, late, "breakout", 64)["cleared"] < 0.6
+    # a replay skipped for a style switch counts nowhere
+    skipped = wall_scores([None] * len(befores), reals, reals, "breakout", 64)
+    assert skipped["changed_pixels"] == 0 and np.isnan(skipped["cleared"])
+    with pytest.raises(ValueError, match="no wall of bricks"):
+        wall_mask((64, 64), "pong")
+
+
+def test_eval_scores_the_wall_on_breakout_replays(breakout_recording, monkeypatch):
+    # A stand-in world that replays the real frames: the wall rows read the game's own figures, beside a
+    # still wall that clears nothing; on Pong there is no wall to score.
+    import worldsdk.evaluation as E
+
+    monkeypatch.setattr(E, "replay", lambda world, frames, actions, prompt, start, length, seed, sampler: frames[start : start + length])
+    r = E.evaluate(World.load("breakout"), str(breakout_recording), episodes=2, starts_per_episode=3, horizon=32, long_steps=0,
+                   action_trials=0, split="all")
+    assert set(r["wall"]) == {"16", "32"}
+    w = r["wall"]["32"]
+    assert w["world"]["changed_pixels"] > 0 and w["world"]["cleared"] == 1.0 and w["world"]["kept"] == 1.0
+    assert w["still"]["cleared"] == 0.0 and w["blind"]["cleared"] < 0.5
+    assert "The wall of bricks" in E.markdown(r)

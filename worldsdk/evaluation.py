@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 HORIZONS = (1, 4, 16, 64)
 GOAL_HORIZON = 16  # frames: the replays' objects are also scored on this first window (the goal's replays)
 BALL_RADIUS = 4.0  # px: a generated ball this close to the real one counts as the ball (docs/worlds.md)
+WALL_CHANGE = 48  # colour levels: a wall pixel that changes by more (any channel) has lost or gained a brick
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,7 +262,7 @@ def evaluate(world, dataset_dir: str, episodes: int = 8, starts_per_episode: int
     per_h = {h: {f"{source}{m}": [] for source in ("", "autoencoder_", "blind_") for m in ("psnr", "ssim")}
              for h in HORIZONS if h <= horizon}
     follow = {"generated": [], "real": [], "blind": []}
-    scored: dict[str, list] = {"real": [], "generated": [], "autoencoder": [], "blind": [], "styles": []}
+    scored: dict[str, list] = {"real": [], "generated": [], "autoencoder": [], "blind": [], "styles": [], "before": []}
     motions = {"generated": [], "real": [], "blind": []}
     real_frames_all = []
     seeds = []
@@ -298,6 +299,8 @@ def evaluate(world, dataset_dir: str, episodes: int = 8, starts_per_episode: int
                 follow[key] += list(moved[valid] == commanded[valid])
                 motions[key].append(motion(clip))
             styles = [episode.styles[i] for i in episode.prompt_ids[start : start + horizon]]
+            one_style = len({episode.styles[i] for i in episode.prompt_ids[start - 1 : start + horizon]}) == 1
+            scored["before"].append(frames[start - 1] if one_style else None)  # a style switch changes every wall pixel
             scored["real"].append(real)
             scored["generated"].append(gen)
             scored["blind"].append(blind)
@@ -320,6 +323,13 @@ def evaluate(world, dataset_dir: str, episodes: int = 8, starts_per_episode: int
             first = lambda clips: np.concatenate([c[:GOAL_HORIZON] for c in clips])  # noqa: E731
             styles = [s for i in range(len(scored["real"])) for s in scored["styles"][i * horizon : i * horizon + GOAL_HORIZON]]
             ball[f"first_{GOAL_HORIZON}"] = object_scores(first(scored["real"]), first(scored["generated"]), styles, game, BALL_RADIUS)
+    wall = {}
+    if GAMES.get(game) and GAMES[game].wall_rows and scored["real"]:  # are the bricks cleared where the game clears them?
+        still = [np.repeat(b[None], horizon, 0) if b is not None else None for b in scored["before"]]
+        for at in sorted({min(GOAL_HORIZON, horizon), horizon}):
+            wall[str(at)] = {name: wall_scores(scored["before"], scored["real"], clips, game, at)
+                             for name, clips in (("world", scored["generated"]), ("autoencoder", scored["autoencoder"]),
+                                                 ("blind", scored["blind"]), ("still", still)) if len(clips) == len(scored["real"])}
     long_frames: list = []
     drift = long_rollout_drift(world, np.concatenate(real_frames_all), long_steps, seed, sampler=sampler, keep=long_frames)
     noise = np.random.default_rng(seed).integers(0, 256, (512, *real_frames_all[0].shape[1:]), dtype=np.uint8)  # a floor
@@ -344,7 +354,7 @@ def evaluate(world, dataset_dir: str, episodes: int = 8, starts_per_episode: int
         "fidelity": {str(h): {k: mean(xs) for k, xs in v.items()} for h, v in per_h.items()},
         "action_following": {"generated": mean(follow["generated"]), "real": mean(follow["real"]),
                              "blind": mean(follow["blind"]), "samples": len(follow["generated"])},
-        "objects_in_replays": ball,
+        "objects_in_replays": ball, "wall": wall,
         "motion": {"generated": mean(motions["generated"]), "real": mean(motions["real"]), "blind": mean(motions["blind"])},
         "drift": drift, "drift_controls": drift_controls, "long_steps": long_steps, "objects": objects, "points": points,
         "action_test": actions,
@@ -492,6 +502,33 @@ def action_test(world, env_id: str, trials: int = 8, chunks: int = 6, seed: int 
     }
 
 
+def wall_scores(befores: Sequence[np.ndarray], reals: Sequence[np.ndarray], clips: Sequence[np.ndarray], game: str,
+                at: int) -> dict:
+    """Whether a world clears the bricks the game clears (Breakout), over replays: each replay's last context
+    frame `befores[i]`, its real frames `reals[i]` and the world's `clips[i]`, compared at frame `at` (1-based).
+
+    `cleared`: of the wall pixels (objects.wall_mask) the game changed by more than WALL_CHANGE since the
+    context's last frame (a brick hit, or the ball passing through a gap), the share the world's frame shows
+    nearer the game's new value than the old one; a wall that stands still scores 0. `kept`: of the wall
+    pixels the game left alone, the share the world keeps within WALL_CHANGE of it; noise scores near 0.
+    The real game: 1 and 1. Replays whose style changes on the way are skipped (pass no frames for them).
+    """
+    from worldsdk.data.objects import wall_mask
+
+    changed = followed = still = kept = 0
+    for before, real, clip in zip(befores, reals, clips):
+        if before is None:
+            continue
+        mask = wall_mask(real.shape[1:3], game)
+        old, new, drawn = (x[mask].astype(np.int16) for x in (before, real[at - 1], clip[at - 1]))
+        moved = np.abs(new - old).max(-1) > WALL_CHANGE
+        changed, still = changed + int(moved.sum()), still + int((~moved).sum())
+        followed += int((np.abs(drawn - new).sum(-1) < np.abs(drawn - old).sum(-1))[moved].sum())
+        kept += int((np.abs(drawn - new).max(-1) <= WALL_CHANGE)[~moved].sum())
+    return {"changed_pixels": changed, "cleared": followed / changed if changed else float("nan"),
+            "kept": kept / still if still else float("nan")}
+
+
 def object_rates(frames: np.ndarray, game: str, style: str | None = "classic") -> dict:
     """Shares of frames (N, H, W, 3) with at most one ball, at most one of each paddle, and the
     player's paddle present (the real game: about 100% each, docs/worlds.md). `style` None: detected
@@ -543,6 +580,14 @@ def markdown(results: dict) -> str:
             g = b[f"first_{GOAL_HORIZON}"]
             lines += [f"| ... in each replay's first {GOAL_HORIZON} frames: ball within {BALL_RADIUS:g} px / false ball / "
                       f"paddle within 2 px | {g['ball_recall']:.1%} / {g['ball_false_positive']:.1%} / {g['paddle_within_2px']:.1%} | | |"]
+    if results.get("wall"):
+        lines += ["", "The wall of bricks in the replays: of the wall pixels the game changed since the last real frame "
+                      "(a brick cleared), the share the world changed the same way; of those the game left alone, the share "
+                      "it kept. Beside it the autoencoder, the action-blind clip and a wall that stands still:", "",
+                  "| frame | changed pixels | world: cleared / kept | autoencoder | action-blind | still wall |", "|---|---|---|---|---|---|"]
+        for at, w in results["wall"].items():
+            cells = [f"{w[k]['cleared']:.1%} / {w[k]['kept']:.1%}" if k in w else "" for k in ("world", "autoencoder", "blind", "still")]
+            lines += [f"| {at} | {w['world']['changed_pixels']} | " + " | ".join(cells) + " |"]
     if results.get("action_test"):
         t = results["action_test"]
         lines += ["", f"Opposite keys ({' vs '.join(t['keys'])}, {t['chunks']} chunks each, {t['trials']} real moments):", "",

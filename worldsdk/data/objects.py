@@ -55,6 +55,9 @@ class GameObjects:
     # (point_events). None: the game scores otherwise (Breakout: bricks).
     score_rows: tuple[int, int] | None = None
     goal_cols: tuple[int, int] | None = None
+    # Breakout's wall of bricks: the raw [start, stop) rows and columns it fills (wall_mask). None: no wall (Pong).
+    wall_rows: tuple[int, int] | None = None
+    wall_cols: tuple[int, int] | None = None
 
     @property
     def palette(self) -> tuple[RGB, ...]:
@@ -98,6 +101,8 @@ GAMES: dict[str, GameObjects] = {
         paddle_cols=(8, 152),
         paddle_size=(4, 16),
         paddle_axis=1,
+        wall_rows=(57, 93),  # six rows of bricks, 6 raw pixels each
+        wall_cols=(8, 152),  # eighteen bricks of 8 raw pixels between the side walls
     ),
 }
 
@@ -334,6 +339,15 @@ def count_objects(frames: np.ndarray, game: str, style: str | Style | None = Non
                     sums = ndimage.sum(alpha[j], blobs, index=np.arange(1, found + 1))
                     counts[name][i] = int((np.asarray(sums) >= threshold).sum())
     return counts
+
+
+def wall_mask(size: tuple[int, int], game: str) -> np.ndarray:
+    """The pixels of a frame of `size` (height, width) that show the game's wall of bricks, (H, W) bool."""
+    objects = get_game(game)
+    if objects.wall_rows is None or objects.wall_cols is None:
+        raise ValueError(f"{game} has no wall of bricks; walls are defined for {[g for g, o in GAMES.items() if o.wall_rows]}")
+    h, w = size
+    return np.outer(_band_mask(h, RAW_HEIGHT, (objects.wall_rows,)), _band_mask(w, RAW_WIDTH, (objects.wall_cols,)))
 
 
 def find_ball(frame: np.ndarray, game: str, style: str | Style | None = None) -> tuple[float, float] | None:
