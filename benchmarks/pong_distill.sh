@@ -10,6 +10,11 @@
 #   TEACHER=teacher-map STEP=7000 RUN=runs/pong6 SHIP=1 bash benchmarks/pong_distill.sh  # the shipped pong (session 7)
 #   TEACHER=teacher-conv LATENTS=runs/pong3/latents-shipped AE=runs/pong3/autoencoder-shipped/autoencoder.safetensors \
 #     RUN=runs/pong9 bash benchmarks/pong_distill.sh                                   # session 9: from the shipped world
+#   GAME=breakout TEACHER=teacher-map LATENTS=runs/breakout3/latents-shipped \
+#     AE=runs/breakout3/autoencoder-shipped/autoencoder.safetensors bash benchmarks/pong_distill.sh  # Breakout (session 12)
+#
+# GAME (pong or breakout) picks the recordings (data/$GAME, held out: data/$GAME-fresh), the world's name and the
+# default folders (runs/${GAME}3 -> runs/${GAME}4); STORAGE the shipped weights' (int8; breakout: int4, for the budget).
 #
 # 1. the teacher run's latest checkpoint (EMA) becomes runs/pong4/teacher-causal (kept once made:
 #    delete that folder to distil a later checkpoint);
@@ -29,9 +34,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
-FROM=${FROM:-runs/pong3}
+GAME=${GAME:-pong}
+case "$GAME" in pong|breakout) ;; *) echo "GAME must be pong or breakout, not '$GAME'" >&2; exit 2;; esac
+[ "$GAME" = pong ] && STORAGE=${STORAGE:-int8} || STORAGE=${STORAGE:-int4}
+FROM=${FROM:-runs/${GAME}3}
 TEACHER=${TEACHER:-teacher-amap}  # the teacher run in $FROM: teacher-amap (two phases) or teacher-map (one)
-RUN=${RUN:-runs/pong4}
+RUN=${RUN:-runs/${GAME}4}
 BIDIRECTIONAL_STEPS=${BIDIRECTIONAL_STEPS:-600}
 ODE_GUIDANCE=${ODE_GUIDANCE:-3}  # CFG of the causal ODE trajectories: 3 drifts less than the paper's 6 (session 7)
 CONTEXT_NOISE=${CONTEXT_NOISE:-0.3}  # GameNGen's noise on the causal ODE student's clean history (training)
@@ -62,7 +70,7 @@ needs_real=$([ "$STUDENT" != ode-causal ] || [ "${ABLATION:-0}" = 1 ] && echo 1 
   run_dir="$RUN/teacher-bidirectional" loop.max_steps="$BIDIRECTIONAL_STEPS" loop.batch_size=8 loop.precision=fastest \
   loop.threads="$THREADS" loop.checkpoint_every=100 loop.log_every=20 loop.progress=false
 
-python -m trainers.recipe --data data/pong --out "$RUN" --preset small-ctx --scale 0.3 --ode-clips 128 \
+python -m trainers.recipe --data data/$GAME --out "$RUN" --preset small-ctx --scale 0.3 --ode-clips 128 \
   --precision fastest --threads "$THREADS" --autoencoder "$AE" --reward no \
   --ode-guidance "$ODE_GUIDANCE" --context-noise "$CONTEXT_NOISE" --only "$(
     [ "$STUDENT" = ode-causal ] && echo ode-causal || echo ode-causal,dmd-causal-forcing)"
@@ -70,24 +78,24 @@ python -m trainers.recipe --data data/pong --out "$RUN" --preset small-ctx --sca
 # The sixth decoder round (`pong_long_run.sh decoders`) when it exists, else the autoencoder's own decoder.
 DECODER=${DECODER:-$FROM/decoder6/autoencoder.safetensors}
 swap=(); [ -f "$DECODER" ] && swap=(--decoder-from "$DECODER") || echo "no $DECODER: the world keeps its own decoder"
-[ -f "$RUN/pong-export.safetensors" ] || worldsdk export --world "$RUN/$STUDENT/world.safetensors" \
-  --name pong --storage exact --context-noise "$PLAY_NOISE" "${swap[@]}" --out "$RUN/pong-export.safetensors"
-[ -f "$RUN/eval/eval.json" ] || worldsdk eval --world "$RUN/pong-export.safetensors" --data data/pong-fresh \
+[ -f "$RUN/$GAME-export.safetensors" ] || worldsdk export --world "$RUN/$STUDENT/world.safetensors" \
+  --name "$GAME" --storage exact --context-noise "$PLAY_NOISE" "${swap[@]}" --out "$RUN/$GAME-export.safetensors"
+[ -f "$RUN/eval/eval.json" ] || worldsdk eval --world "$RUN/$GAME-export.safetensors" --data data/$GAME-fresh \
   --out "$RUN/eval"
 
 if [ "${ABLATION:-0}" = 1 ]; then
-  python -m trainers.recipe --data data/pong --out "$RUN" --preset small-ctx --scale 0.3 --ode-clips 128 \
+  python -m trainers.recipe --data data/$GAME --out "$RUN" --preset small-ctx --scale 0.3 --ode-clips 128 \
     --precision fastest --threads "$THREADS" --autoencoder "$AE" --reward no \
     --only ode-bidirectional,dmd-self-forcing
-  [ -f "$RUN/ablation/ablation.json" ] || python benchmarks/ablation.py --runs "$RUN" --data data/pong-fresh \
+  [ -f "$RUN/ablation/ablation.json" ] || python benchmarks/ablation.py --runs "$RUN" --data data/$GAME-fresh \
     --out "$RUN/ablation" --rows ode-causal,dmd-causal-forcing,ode-bidirectional,dmd-self-forcing
 fi
 
 if [ "${SHIP:-0}" = 1 ]; then
   [ -f "$RUN/reward/world.safetensors" ] || worldsdk-train stage=reward stage.world="$RUN/$STUDENT/world.safetensors" \
-    stage.latents="$RUN/latents" stage.data=data/pong run_dir="$RUN/reward" loop.max_steps=1500 loop.threads="$THREADS" \
+    stage.latents="$RUN/latents" stage.data=data/$GAME run_dir="$RUN/reward" loop.max_steps=1500 loop.threads="$THREADS" \
     loop.progress=false
-  worldsdk export --world "$RUN/$STUDENT/world.safetensors" --name pong --storage int8 --summary "$RUN/recipe.json" \
-    --eval "$RUN/eval/eval.json" --starts-from data/pong --starts 8 --reward-from "$RUN/reward/world.safetensors" \
+  worldsdk export --world "$RUN/$STUDENT/world.safetensors" --name "$GAME" --storage "$STORAGE" --summary "$RUN/recipe.json" \
+    --eval "$RUN/eval/eval.json" --starts-from data/$GAME --starts 8 --reward-from "$RUN/reward/world.safetensors" \
     --context-noise "$PLAY_NOISE" "${swap[@]}"
 fi
