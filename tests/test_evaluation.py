@@ -271,8 +271,15 @@ def test_wall_scores_follow_the_bricks_the_game_clears(breakout_recording):
     assert real["changed_pixels"] > 50 and real["cleared"] == 1.0 and real["kept"] == 1.0
     still = wall_scores(befores, reals, [np.repeat(b[None], 64, 0) for b in befores], "breakout", 64)
     assert still["cleared"] == 0.0 and still["kept"] == 1.0
-    noise = np.random.default_rng(0).integers(0, 256, (len(reals), 64, *reals[0].shape[1:]), dtype=np.uint8)
-    assert wall_scores(befores, reals, list(noise), "breakout", 64)["kept"] < 0.2
+    noise = wall_scores(befores, reals, list(np.random.default_rng(0).integers(0, 256, (len(reals), 64, *reals[0].shape[1:]),
+                                                                             dtype=np.uint8)), "breakout", 64)
+    assert noise["cleared"] < 0.1 and noise["kept"] < 0.1
+    colours, counts = np.unique(reals[0][0].reshape(-1, 3), axis=0, return_counts=True)
+    background = colours[counts.argmax()]  # the most common colour
+    blank = wall_scores(befores, reals, [np.broadcast_to(background, r.shape) for r in reals], "breakout", 64)
+    # a world without a wall keeps nothing; it clears the pixels the game cleared of whole bricks (a 64-px pixel
+    # can straddle two bricks, one of them still standing)
+    assert blank["kept"] < 0.1 and 0.2 < blank["cleared"] < 1.0
     mask = wall_mask(reals[0].shape[1:3], "breakout")
     late = []
     for (f, s), clip in zip(starts, reals):

@@ -509,9 +509,10 @@ def wall_scores(befores: Sequence[np.ndarray], reals: Sequence[np.ndarray], clip
 
     `cleared`: of the wall pixels (objects.wall_mask) the game changed by more than WALL_CHANGE since the
     context's last frame (a brick hit, or the ball passing through a gap), the share the world's frame shows
-    nearer the game's new value than the old one; a wall that stands still scores 0. `kept`: of the wall
-    pixels the game left alone, the share the world keeps within WALL_CHANGE of it; noise scores near 0.
-    The real game: 1 and 1. Replays whose style changes on the way are skipped (pass no frames for them).
+    within WALL_CHANGE of the game's new value; a wall that stands still scores 0. `kept`: of the wall pixels
+    the game left alone, the share the world keeps within WALL_CHANGE; noise scores near 0 on both. Read them
+    together: a world without a wall clears what the game cleared of whole bricks and keeps none. The real game: 1 and 1. Replays
+    whose style changes on the way are skipped (pass None as their `befores`).
     """
     from worldsdk.data.objects import wall_mask
 
@@ -523,8 +524,8 @@ def wall_scores(befores: Sequence[np.ndarray], reals: Sequence[np.ndarray], clip
         old, new, drawn = (x[mask].astype(np.int16) for x in (before, real[at - 1], clip[at - 1]))
         moved = np.abs(new - old).max(-1) > WALL_CHANGE
         changed, still = changed + int(moved.sum()), still + int((~moved).sum())
-        followed += int((np.abs(drawn - new).sum(-1) < np.abs(drawn - old).sum(-1))[moved].sum())
-        kept += int((np.abs(drawn - new).max(-1) <= WALL_CHANGE)[~moved].sum())
+        right = np.abs(drawn - new).max(-1) <= WALL_CHANGE
+        followed, kept = followed + int(right[moved].sum()), kept + int(right[~moved].sum())
     return {"changed_pixels": changed, "cleared": followed / changed if changed else float("nan"),
             "kept": kept / still if still else float("nan")}
 
@@ -582,8 +583,8 @@ def markdown(results: dict) -> str:
                       f"paddle within 2 px | {g['ball_recall']:.1%} / {g['ball_false_positive']:.1%} / {g['paddle_within_2px']:.1%} | | |"]
     if results.get("wall"):
         lines += ["", "The wall of bricks in the replays: of the wall pixels the game changed since the last real frame "
-                      "(a brick cleared), the share the world changed the same way; of those the game left alone, the share "
-                      "it kept. Beside it the autoencoder, the action-blind clip and a wall that stands still:", "",
+                      "(a brick cleared), the share the world shows as the game does; of those the game left alone, the share "
+                      "it kept (a world without a wall keeps none). Beside it the autoencoder, the action-blind clip and a wall that stands still:", "",
                   "| frame | changed pixels | world: cleared / kept | autoencoder | action-blind | still wall |", "|---|---|---|---|---|---|"]
         for at, w in results["wall"].items():
             cells = [f"{w[k]['cleared']:.1%} / {w[k]['kept']:.1%}" if k in w else "" for k in ("world", "autoencoder", "blind", "still")]

@@ -342,12 +342,14 @@ def count_objects(frames: np.ndarray, game: str, style: str | Style | None = Non
 
 
 def wall_mask(size: tuple[int, int], game: str) -> np.ndarray:
-    """The pixels of a frame of `size` (height, width) that show the game's wall of bricks, (H, W) bool."""
+    """The pixels of a frame of `size` (height, width) wholly inside the game's wall of bricks, (H, W) bool
+    (a border row also shows what passes beside the wall: the ball)."""
     objects = get_game(game)
     if objects.wall_rows is None or objects.wall_cols is None:
         raise ValueError(f"{game} has no wall of bricks; walls are defined for {[g for g, o in GAMES.items() if o.wall_rows]}")
     h, w = size
-    return np.outer(_band_mask(h, RAW_HEIGHT, (objects.wall_rows,)), _band_mask(w, RAW_WIDTH, (objects.wall_cols,)))
+    return np.outer(_band_mask(h, RAW_HEIGHT, (objects.wall_rows,), inside=True),
+                    _band_mask(w, RAW_WIDTH, (objects.wall_cols,), inside=True))
 
 
 def find_ball(frame: np.ndarray, game: str, style: str | Style | None = None) -> tuple[float, float] | None:
