@@ -10,6 +10,9 @@
 #   nohup bash benchmarks/pong_long_run.sh warm > runs/pong3-warm.log 2>&1 &    # a new machine: from the shipped pong
 #   nohup bash benchmarks/pong_long_run.sh conv > runs/pong3-conv.log 2>&1 &    # + the local path alone, trunk frozen
 #   nohup bash benchmarks/pong_long_run.sh predictor > runs/pong3-pred.log 2>&1 &  # + the history predictor
+#   GAME=breakout AUTOENCODER=shipped TEACHER_THREADS=2 nohup bash benchmarks/pong_long_run.sh map > runs/breakout3-map.log 2>&1 &
+#
+# AUTOENCODER=shipped: phases, map and local use the shipped world's autoencoder (and its latents) instead of training one.
 #
 # Every part first makes what it needs (the recordings and the autoencoder, about 30 min on a new
 # machine; seeded) and skips what exists; a training run resumes from its last checkpoint, so the same
@@ -34,9 +37,6 @@
 #   conv      the warm teacher grown with the convolutional local path, which alone trains (stage.trainable=[local],
 #             batch CONV_BATCH, default 16) while the trunk and text encoder stay frozen (runs/pong3/teacher-conv):
 #             the locality experiment of benchmarks/ball_from_history.py inside the world
-#   GAME=breakout AUTOENCODER=shipped nohup bash benchmarks/pong_long_run.sh map > runs/breakout3-map.log 2>&1 &
-#
-# AUTOENCODER=shipped: phases, map and local use the shipped world's autoencoder (and its latents) instead of training one.
 #   predictor the shipped `pong` (as warm does; PRED_FROM: another world) grown with the history predictor
 #             (ModelConfig.predictor_channels = PRED_CHANNELS, default 96, PRED_BLOCKS blocks, default 6: the net of
 #             benchmarks/ball_from_history.py, trained by its own regression beside the diffusion loss); the whole model

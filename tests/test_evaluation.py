@@ -243,6 +243,7 @@ def test_replays_objects_are_also_scored_on_the_goals_first_16_frames(pong_recor
     assert first["no_ball_frames"] == 0 or first["ball_false_positive"] == 0.0
     assert first["ball_frames"] + first["no_ball_frames"] == 16 * r["replays"]
     assert whole["ball_recall"] < 0.9  # the frozen frames lose the moving ball
+    assert r["wall"] == {}  # Pong has no wall of bricks to score
     assert "first 16 frames" in E.markdown(r)
 
 
@@ -257,8 +258,8 @@ def breakout_recording(tmp_path_factory):
 
 def test_wall_scores_follow_the_bricks_the_game_clears(breakout_recording):
     # On real Breakout frames: the game itself clears and keeps every wall pixel it changes and leaves; a
-    # wall that stands still clears nothing; noise keeps nothing; a world whose wall is the real one from
-    # 32 frames before is behind on the bricks.
+    # wall that stands still clears nothing; noise scores near nothing on both; a world whose wall is the
+    # real one from 32 frames before is behind on the bricks.
     from worldsdk.data.objects import wall_mask
     from worldsdk.data.store import EpisodeStore
     from worldsdk.evaluation import wall_scores
@@ -296,7 +297,7 @@ def test_wall_scores_follow_the_bricks_the_game_clears(breakout_recording):
 
 def test_eval_scores_the_wall_on_breakout_replays(breakout_recording, monkeypatch):
     # A stand-in world that replays the real frames: the wall rows read the game's own figures, beside a
-    # still wall that clears nothing; on Pong there is no wall to score.
+    # still wall that clears nothing and the action-blind clip, which is behind on the bricks.
     import worldsdk.evaluation as E
 
     monkeypatch.setattr(E, "replay", lambda world, frames, actions, prompt, start, length, seed, sampler: frames[start : start + length])
