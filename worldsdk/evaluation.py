@@ -511,8 +511,8 @@ def wall_scores(befores: Sequence[np.ndarray], reals: Sequence[np.ndarray], clip
     context's last frame (a brick hit, or the ball passing through a gap), the share the world's frame shows
     within WALL_CHANGE of the game's new value; a wall that stands still scores 0. `kept`: of the wall pixels
     the game left alone, the share the world keeps within WALL_CHANGE; noise scores near 0 on both. Read them
-    together: a world without a wall clears what the game cleared of whole bricks and keeps none. The real game: 1 and 1. Replays
-    whose style changes on the way are skipped (pass None as their `befores`).
+    together: a world without a wall clears what the game cleared of whole bricks and keeps none. The real
+    game: 1 and 1. Replays whose style changes on the way are skipped (pass None as their `befores`).
     """
     from worldsdk.data.objects import wall_mask
 
