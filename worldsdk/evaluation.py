@@ -325,7 +325,7 @@ def evaluate(world, dataset_dir: str, episodes: int = 8, starts_per_episode: int
             ball[f"first_{GOAL_HORIZON}"] = object_scores(first(scored["real"]), first(scored["generated"]), styles, game, BALL_RADIUS)
     wall = {}
     if GAMES.get(game) and GAMES[game].wall_rows and scored["real"]:  # are the bricks cleared where the game clears them?
-        still = [np.repeat(b[None], horizon, 0) if b is not None else None for b in scored["before"]]
+        still = [np.broadcast_to(b, (horizon, *b.shape)) if b is not None else None for b in scored["before"]]  # a view
         for at in sorted({min(GOAL_HORIZON, horizon), horizon}):
             wall[str(at)] = {name: wall_scores(scored["before"], scored["real"], clips, game, at)
                              for name, clips in (("world", scored["generated"]), ("autoencoder", scored["autoencoder"]),
