@@ -100,3 +100,28 @@ def test_recipe_trains_a_reward_model_when_the_recordings_carry_rewards(recordin
     trained.clear()
     assert recipe.main(["--data", str(recording), "--out", str(tmp_path / "plain"), "--preset", "small"]) == 0
     assert "reward" not in [f for f, _ in trained]
+
+
+def test_recipe_summary_names_a_teacher_given_from_elsewhere(recording, tmp_path, monkeypatch):
+    """A teacher copied in from a long run (with a FROM file) is "given" in recipe.json, not "trained"."""
+    from trainers import recipe
+
+    def fake_train(self, folder, stage, steps, batch_size=None):
+        (self.out / folder).mkdir(parents=True, exist_ok=True)
+        (self.out / folder / "world.safetensors").write_bytes(folder.encode())
+        return self.out / folder
+
+    monkeypatch.setattr(recipe.Recipe, "train", fake_train)
+    monkeypatch.setattr(recipe, "build_latents", lambda r, ae: r.out / "latents")
+    monkeypatch.setattr(recipe, "check_data", lambda data, preset: None)
+    out = tmp_path / "run"
+    (out / "teacher-causal").mkdir(parents=True)
+    (out / "teacher-causal" / "world.safetensors").write_bytes(b"teacher")
+    (out / "teacher-causal" / "FROM").write_text("runs/long/teacher-map/snapshots/step_00008698\n")
+    ae = tmp_path / "ae.safetensors"
+    ae.write_bytes(b"")
+    assert recipe.main(["--data", str(recording), "--out", str(out), "--preset", "small", "--autoencoder", str(ae),
+                        "--reward", "no", "--only", "ode-causal"]) == 0
+    summary = json.loads((out / "recipe.json").read_text())
+    assert summary["given"] == {"teacher-causal": "runs/long/teacher-map/snapshots/step_00008698"}
+    assert summary["trained"] == ["ode-causal"]

@@ -11,6 +11,8 @@ budget: diffusion forcing instead of teacher forcing, Self Forcing's ODE initial
 the bidirectional teacher) + DMD, that initialisation alone, the AR teacher + DMD directly, and
 causal consistency distillation (+ DMD). When the recordings carry rewards, a reward model is trained
 last on the final world (stage=reward, with a bank of real starts), so its env returns rewards.
+A stage folder may hold a world trained elsewhere (say a long teacher run's snapshot) beside a `FROM` file
+naming it: the stages that read it use it, and `recipe.json` lists it under "given", not "trained".
 
 Before the first stage the recordings are checked against the preset's frame size: a mismatch fails
 at once with the `worldsdk record --size` to use. Ctrl-C stops the running stage with a checkpoint;
@@ -236,6 +238,10 @@ def _main(argv: list[str]) -> int:
     elif args.reward == "auto" and not with_reward:
         log.info("the recordings carry no rewards: no reward model (the world's env will return reward 0)")
 
+    # A world put into a run folder from elsewhere (a long run's snapshot, benchmarks/pong_distill.sh) carries a FROM
+    # file naming its source: the summary says so instead of counting it as trained here.
+    folders = [s.folder for s in steps] + [REWARD]
+    given = {f: (recipe.out / f / "FROM").read_text().strip() for f in folders if (recipe.out / f / "FROM").is_file()}
     final = recipe.out / "world.safetensors"
     source = recipe.world(REWARD) if with_reward and Path(recipe.world(REWARD)).is_file() else recipe.world(FINAL)
     if Path(source).is_file():
@@ -246,7 +252,9 @@ def _main(argv: list[str]) -> int:
                "stages": {k: recipe.steps(k) for k in STEPS
                           if not (k == "autoencoder" and recipe.autoencoder) and not (k == "reward" and not with_reward)},
                "reward_model": with_reward,
-               "trained": sorted(f for f in [s.folder for s in steps] + [REWARD] if Path(recipe.world(f)).is_file())}
+               "trained": sorted(f for f in folders if Path(recipe.world(f)).is_file() and f not in given)}
+    if given:
+        summary["given"] = given
     (recipe.out / "recipe.json").write_text(json.dumps(summary, indent=2) + "\n")
     if final.is_file():
         print(f"world: {final}")
