@@ -16,8 +16,8 @@
 # GAME (pong or breakout) picks the recordings (data/$GAME, held out: data/$GAME-fresh), the world's name and the
 # default folders (runs/${GAME}3 -> runs/${GAME}4); STORAGE the shipped weights' (int8; breakout: int4, for the budget).
 #
-# 1. the teacher run's latest checkpoint (EMA) becomes runs/pong4/teacher-causal (kept once made:
-#    delete that folder to distil a later checkpoint);
+# 1. the teacher run's latest checkpoint (STEP: a given one; its EMA weights, RAW=1 the trained ones) becomes
+#    runs/pong4/teacher-causal (kept once made: delete that folder to distil a later checkpoint);
 # 2. for DMD (STUDENT=dmd-causal-forcing or ABLATION=1), the bidirectional teacher (its real score) is
 #    fine-tuned from it, not trained from scratch;
 # 3. the recipe's causal ODE initialisation (trajectories at CFG ODE_GUIDANCE, the student's history noised up
@@ -52,16 +52,17 @@ export OMP_NUM_THREADS=$THREADS
 mkdir -p "$RUN/teacher-causal"
 ln -sfn "$(realpath "$LATENTS")" "$RUN/latents"
 
+raw=(); [ "${RAW:-0}" = 1 ] && raw=(--raw)  # RAW=1: the trained weights, not their EMA (the predictor runs, session 11)
 if [ ! -f "$RUN/teacher-causal/world.safetensors" ]; then
   if [ -n "${STEP:-}" ]; then  # a given checkpoint step, else the newest
-    python -m trainers.snapshot "$FROM/$TEACHER" --step "$STEP"
+    python -m trainers.snapshot "$FROM/$TEACHER" --step "$STEP" "${raw[@]}"
     latest=$(printf '%s/snapshots/step_%08d' "$FROM/$TEACHER" "$STEP")
   else
-    python -m trainers.snapshot "$FROM/$TEACHER"
+    python -m trainers.snapshot "$FROM/$TEACHER" "${raw[@]}"
     latest=$(ls -d "$FROM/$TEACHER"/snapshots/step_* | sort | tail -1)
   fi
   cp "$latest/world.safetensors" "$RUN/teacher-causal/world.safetensors"
-  echo "$latest" > "$RUN/teacher-causal/FROM"
+  echo "$latest${raw:+ (raw)}" > "$RUN/teacher-causal/FROM"
 fi
 
 needs_real=$([ "$STUDENT" != ode-causal ] || [ "${ABLATION:-0}" = 1 ] && echo 1 || echo 0)  # DMD's real score
