@@ -62,9 +62,31 @@ def test_recipe_checks_the_frame_size_before_training(recording, tmp_path):
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
 
 
-def test_recipe_trains_a_reward_model_when_the_recordings_carry_rewards(recording, tmp_path, monkeypatch):
+@pytest.fixture
+def fake_recipe(monkeypatch):
+    """trainers.recipe with its stages stubbed: each 'trains' by writing its folder name as its world; returns the
+    module and the list of (folder, stage) it was asked to train."""
     from trainers import recipe
+
+    trained = []
+
+    def fake_train(self, folder, stage, steps, batch_size=None):
+        trained.append((folder, stage))
+        (self.out / folder).mkdir(parents=True, exist_ok=True)
+        (self.out / folder / "world.safetensors").write_bytes(folder.encode())
+        (self.out / folder / "autoencoder.safetensors").write_bytes(b"")
+        return self.out / folder
+
+    monkeypatch.setattr(recipe.Recipe, "train", fake_train)
+    monkeypatch.setattr(recipe, "build_latents", lambda r, ae: r.out / "latents")
+    monkeypatch.setattr(recipe, "check_data", lambda data, preset: None)
+    return recipe, trained
+
+
+def test_recipe_trains_a_reward_model_when_the_recordings_carry_rewards(recording, tmp_path, fake_recipe):
     from worldsdk.data.store import EpisodeStore
+
+    recipe, trained = fake_recipe
 
     assert not recipe.recordings_have_rewards(str(recording))  # 6 frames of scripted Pong: no point scored
     rewarded = tmp_path / "rewarded"
@@ -80,18 +102,6 @@ def test_recipe_trains_a_reward_model_when_the_recordings_carry_rewards(recordin
         store.append(episode, store.meta())
     assert recipe.recordings_have_rewards(str(rewarded))
 
-    trained = []
-
-    def fake_train(self, folder, stage, steps, batch_size=None):
-        trained.append((folder, stage))
-        (self.out / folder).mkdir(parents=True, exist_ok=True)
-        (self.out / folder / "world.safetensors").write_bytes(folder.encode())
-        (self.out / folder / "autoencoder.safetensors").write_bytes(b"")
-        return self.out / folder
-
-    monkeypatch.setattr(recipe.Recipe, "train", fake_train)
-    monkeypatch.setattr(recipe, "build_latents", lambda r, ae: r.out / "latents")
-    monkeypatch.setattr(recipe, "check_data", lambda data, preset: None)
     assert recipe.main(["--data", str(rewarded), "--out", str(tmp_path / "run"), "--preset", "small"]) == 0
     folders = [f for f, _ in trained]
     assert folders[-1] == "reward" and trained[-1][1]["world"].endswith("dmd-causal-forcing/world.safetensors")
@@ -102,18 +112,9 @@ def test_recipe_trains_a_reward_model_when_the_recordings_carry_rewards(recordin
     assert "reward" not in [f for f, _ in trained]
 
 
-def test_recipe_summary_names_a_teacher_given_from_elsewhere(recording, tmp_path, monkeypatch):
+def test_recipe_summary_names_a_teacher_given_from_elsewhere(recording, tmp_path, fake_recipe):
     """A teacher copied in from a long run (with a FROM file) is "given" in recipe.json, not "trained"."""
-    from trainers import recipe
-
-    def fake_train(self, folder, stage, steps, batch_size=None):
-        (self.out / folder).mkdir(parents=True, exist_ok=True)
-        (self.out / folder / "world.safetensors").write_bytes(folder.encode())
-        return self.out / folder
-
-    monkeypatch.setattr(recipe.Recipe, "train", fake_train)
-    monkeypatch.setattr(recipe, "build_latents", lambda r, ae: r.out / "latents")
-    monkeypatch.setattr(recipe, "check_data", lambda data, preset: None)
+    recipe, trained = fake_recipe
     out = tmp_path / "run"
     (out / "teacher-causal").mkdir(parents=True)
     (out / "teacher-causal" / "world.safetensors").write_bytes(b"teacher")
@@ -124,4 +125,4 @@ def test_recipe_summary_names_a_teacher_given_from_elsewhere(recording, tmp_path
                         "--reward", "no", "--only", "ode-causal"]) == 0
     summary = json.loads((out / "recipe.json").read_text())
     assert summary["given"] == {"teacher-causal": "runs/long/teacher-map/snapshots/step_00008698"}
-    assert summary["trained"] == ["ode-causal"]
+    assert summary["trained"] == ["ode-causal"] and [f for f, _ in trained] == ["ode-causal"]
